@@ -1,0 +1,37 @@
+"""The Hydra entry point behind `lrlab train` (gives run dirs, multirun and `.hydra/` records)."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from lrlab import conf_dir
+from lrlab.errors import ConfigError
+from lrlab.train import TrainingFailed, run
+
+
+def print_summary(summary: dict, run_dir: str) -> None:
+    rows = [("status", summary["status"]), ("steps", summary["steps"])]
+    rows += [(f"final {k}", f"{v:.4g}") for k, v in summary["metrics"]["final"].items()]
+    rows += [(f"best {k}", f"{v:.4g}") for k, v in summary["metrics"]["best"].items()]
+    rows += [(k.replace("_", " "), f"{v:,.0f}") for k, v in summary["throughput"].items()]
+    rows += [("optimizer state", f"{summary['optimizer_state_bytes'] / 2**20:.2f} MiB"),
+             ("peak memory", f"{summary['peak_memory_bytes'] / 2**20:.0f} MiB"),
+             ("trainable params", f"{summary['trainable_params']:,}"),
+             ("wall time", f"{summary['wall_seconds']:.1f} s"), ("run dir", run_dir)]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
+def hydra_main(cfg: DictConfig) -> None:
+    try:
+        summary = run(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    if summary is not None:
+        print_summary(summary, str(cfg.paths.run_dir))
