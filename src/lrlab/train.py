@@ -105,6 +105,8 @@ def _progress_bar(cfg: DictConfig) -> bool:
 def build_trainer(cfg: DictConfig, run_dir: Path, own_callbacks: list) -> L.Trainer:
     callbacks = [_instantiate(node, f"callbacks.{name}") for name, node in (cfg.callbacks or {}).items()]
     loggers = [_instantiate(node, f"logger.{name}") for name, node in (cfg.logger or {}).items()]
+    if not loggers:  # the lr monitor needs somewhere to write
+        callbacks = [cb for cb in callbacks if type(cb).__name__ != "LearningRateMonitor"]
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
               if k != "enable_progress_bar"}
     strategy = kwargs.pop("strategy", "auto")

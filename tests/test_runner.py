@@ -1,0 +1,102 @@
+"""The runner end to end: compose, instantiate, fit, summary, resume, determinism."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lrlab.train import TrainingFailed, run
+
+SUMMARY_KEYS = {"status", "metrics", "optimizer_state_bytes", "optimizer_state_bytes_by_group",
+                "trainable_params", "total_params", "peak_memory_bytes", "throughput", "wall_seconds",
+                "steps", "seed", "config_hash", "git_sha", "versions"}
+DIGITS = "experiment=baseline/digits_mlp_adamw"
+TINY_LM = ["experiment=baseline/llama_tiny_adamw", "data.max_tokens=60000", "data.seq_len=64"]
+
+
+def test_digits_smoke_writes_summary(make_cfg, tmp_path):
+    summary = run(make_cfg(DIGITS, "debug=smoke"))
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert set(on_disk) == SUMMARY_KEYS
+    assert on_disk["status"] == "completed" and on_disk["steps"] == 6
+    assert {"val/acc", "val/ece", "val/nll"} <= set(on_disk["metrics"]["final"])
+    assert on_disk["throughput"]["samples_per_second"] > 0
+    assert set(on_disk["versions"]) == {"torch", "lightning", "hydra", "python"}
+    # Adam keeps exp_avg and exp_avg_sq (fp32) per parameter plus a scalar step.
+    n_params = summary["trainable_params"]
+    assert summary["optimizer_state_bytes"] >= 2 * 4 * n_params
+    assert sum(summary["optimizer_state_bytes_by_group"]) == summary["optimizer_state_bytes"]
+    assert (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_llama_tiny_smoke_reports_tokens(make_cfg):
+    summary = run(make_cfg(*TINY_LM, "debug=smoke"))
+    assert summary["status"] == "completed"
+    assert summary["throughput"]["tokens_per_second"] > 0
+    assert summary["metrics"]["final"]["val/ppl"] > 1
+
+
+def test_digits_learns(make_cfg):
+    summary = run(make_cfg(DIGITS, "trainer.max_steps=150", "trainer.val_check_interval=150"))
+    assert summary["metrics"]["final"]["val/acc"] > 0.9
+
+
+def _train_losses(run_dir: Path) -> dict[int, float]:
+    rows = csv.DictReader(open(run_dir / "csv" / "metrics.csv"))
+    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("base", [[DIGITS], TINY_LM], ids=["digits", "llama_tiny"])
+def test_resume_matches_straight_run(make_cfg, tmp_path, base):
+    """2N steps straight == N steps, then resume from the step-N checkpoint, then N more."""
+    n = 6
+    common = [*base, f"trainer.max_steps={2 * n}", "trainer.val_check_interval=4", "trainer.log_every_n_steps=1",
+              f"callbacks.checkpoint.every_n_train_steps={n}", "callbacks.checkpoint.save_top_k=-1"]
+    run(make_cfg(*common, run="straight", logger="csv"))
+    straight = tmp_path / "straight"
+    mid = straight / "checkpoints" / f"step{n:06d}.ckpt"
+    run(make_cfg(*common, f"ckpt_path={mid}", run="resumed", logger="csv"))
+    resumed = tmp_path / "resumed"
+    a, b = _state(straight / "checkpoints" / "last.ckpt"), _state(resumed / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 2 * n
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    losses_a, losses_b = _train_losses(straight), _train_losses(resumed)
+    later = [s for s in losses_a if s >= n]
+    assert later and all(losses_a[s] == losses_b[s] for s in later)
+
+
+def test_same_seed_same_curve(make_cfg):
+    first = run(make_cfg(DIGITS, "debug=smoke", run="a"))
+    second = run(make_cfg(DIGITS, "debug=smoke", run="b"))
+    assert first["metrics"]["final"] == second["metrics"]["final"]
+    third = run(make_cfg(DIGITS, "debug=smoke", "seed=1", run="c"))
+    assert third["metrics"]["final"] != first["metrics"]["final"]
+
+
+def test_checkpoint_loads_weights_only(make_cfg, tmp_path):
+    run(make_cfg(*TINY_LM, "debug=smoke"))
+    state = _state(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert state["optimizer_states"] and state["global_step"] == 6
+
+
+def test_non_finite_loss_fails_with_step(make_cfg, tmp_path):
+    cfg = make_cfg(DIGITS, "debug=smoke", "optimizer.lr=1e30", "trainer.gradient_clip_val=null")
+    with pytest.raises(TrainingFailed, match=r"at step \d+"):
+        run(cfg)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("group", ["tensorboard", "wandb", "csv"])
+def test_loggers(make_cfg, tmp_path, group, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    summary = run(make_cfg(DIGITS, "debug=smoke", logger=group))
+    assert summary["status"] == "completed"
+    assert any(p.is_file() for p in (tmp_path / "run").rglob("*") if group in str(p) or "wandb" in str(p))
