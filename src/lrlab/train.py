@@ -155,42 +155,35 @@ def run(cfg: DictConfig) -> dict:
         datamodule, task = build_parts(cfg)
         check_optimizer(task)
         ckpt = resolve_checkpoint(cfg, run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        return fit(cfg, run_dir, datamodule, task, ckpt)
     except ConfigError:
         if fresh_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return fit(cfg, run_dir, datamodule, task, ckpt)
 
 
 def fit(cfg: DictConfig, run_dir: Path, datamodule, task, ckpt: str | None) -> dict:
-    summary_cb, throughput, memory = RunSummary(), Throughput(), PeakMemory()
+    info = {"seed": int(cfg.seed), "config_hash": config_hash(cfg), "git_sha": git_sha()}
+    throughput, memory = Throughput(), PeakMemory()
     interrupt = GracefulInterrupt(str(run_dir / "checkpoints"))
-    trainer = build_trainer(cfg, run_dir, [throughput, memory, interrupt, summary_cb])
-    status, error = "completed", None
+    summary = RunSummary(str(run_dir), info, throughput, memory, interrupt)
+    trainer = build_trainer(cfg, run_dir, [throughput, memory, interrupt, summary])
+    error = None
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt)
-        if interrupt.requested:
-            status = "interrupted"
     except NonFiniteLossError as err:
-        status, error = "failed", err
+        error = err
     except KeyboardInterrupt:
-        status = "interrupted"
+        pass
     finally:
         _finish_loggers(trainer)
-    info = {"seed": int(cfg.seed), "config_hash": config_hash(cfg), "git_sha": git_sha()}
-    peak = memory.peak_bytes or memory.measure(task.device)
-    rate = throughput.result()
-    summary = summary_cb.build(trainer, task, status, info, {k: v for k, v in rate.items() if k != "step_ms"}, peak)
-    summary["metrics"].setdefault("other", {})["step_ms"] = rate["step_ms"]
-    if trainer.is_global_zero:
-        summary_io.write(summary, run_dir)
     if error is not None:
         last = run_dir / "checkpoints" / "last.ckpt"
         where = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was saved"
         raise TrainingFailed(f"{error}; run stopped ({where})")
-    return summary
+    return summary_io.read(run_dir)
 
 
 class TrainingFailed(RuntimeError):

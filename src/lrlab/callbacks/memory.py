@@ -13,9 +13,6 @@ def peak_rss_bytes() -> int:
 
 
 class PeakMemory(L.Callback):
-    def __init__(self):
-        self.peak_bytes = 0
-
     def on_train_start(self, trainer, pl_module) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
@@ -25,5 +22,3 @@ class PeakMemory(L.Callback):
             return int(torch.cuda.max_memory_allocated(device))
         return peak_rss_bytes()
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.peak_bytes = self.measure(pl_module.device)

@@ -16,6 +16,7 @@ import hydra
 import lightning as L
 import torch
 
+from lrlab.errors import ConfigError
 from lrlab.optim.routing import state_bytes
 
 LOWER_IS_BETTER = ("loss", "ppl", "nll", "ece")
@@ -26,9 +27,12 @@ def _better(name: str, new: float, old: float) -> bool:
 
 
 class RunSummary(L.Callback):
-    """Tracks final and best validation metrics; `write()` assembles and saves the summary."""
+    """Tracks final and best validation metrics and writes `summary.json` from the rank-0
+    training process (so spawned DDP workers report their own steps and state)."""
 
-    def __init__(self):
+    def __init__(self, run_dir: str, run_info: dict, throughput, memory, interrupt):
+        self.run_dir, self.run_info = Path(run_dir), run_info
+        self.throughput, self.memory, self.interrupt = throughput, memory, interrupt
         self.final: dict[str, float] = {}
         self.best: dict[str, float] = {}
         self.extra: dict[str, float] = {}
@@ -41,14 +45,13 @@ class RunSummary(L.Callback):
         if trainer.sanity_checking:
             return
         for name, value in trainer.callback_metrics.items():
-            if not name.startswith("val/"):
-                if not name.startswith("train/"):
-                    self.extra[name] = float(value)
-                continue
             value = float(value)
-            self.final[name] = value
-            if math.isfinite(value) and (name not in self.best or _better(name, value, self.best[name])):
-                self.best[name] = value
+            if name.startswith("val/"):
+                self.final[name] = value
+                if math.isfinite(value) and (name not in self.best or _better(name, value, self.best[name])):
+                    self.best[name] = value
+            elif not name.startswith("train/"):
+                self.extra[name] = value
 
     def state_dict(self) -> dict:
         return {"best": dict(self.best), "final": dict(self.final)}
@@ -56,13 +59,24 @@ class RunSummary(L.Callback):
     def load_state_dict(self, state: dict) -> None:
         self.best, self.final = dict(state["best"]), dict(state["final"])
 
-    def build(self, trainer, task, status: str, run: dict, throughput: dict, peak_bytes: int) -> dict:
-        optimizers = trainer.optimizers if trainer is not None else []
-        total_state, by_group = state_bytes(optimizers[0]) if optimizers else (0, [])
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.write(trainer, pl_module, "interrupted" if self.interrupt.requested else "completed")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, ConfigError):  # bad input found late: no run happened
+            return
+        status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SystemExit)) else "failed"
+        self.write(trainer, pl_module, status)
+
+    def write(self, trainer, pl_module, status: str) -> None:
+        if trainer.is_global_zero:
+            write(self.build(trainer, pl_module, status), self.run_dir)
+
+    def build(self, trainer, task, status: str) -> dict:
+        total_state, by_group = state_bytes(trainer.optimizers[0]) if trainer.optimizers else (0, [])
         params = list(task.model.parameters())
-        metrics = {"final": self.final, "best": self.best}
-        if self.extra:
-            metrics["other"] = self.extra
+        rate = self.throughput.result()
+        metrics = {"final": self.final, "best": self.best, "other": {**self.extra, "step_ms": rate.pop("step_ms")}}
         return {
             "status": status,
             "metrics": metrics,
@@ -70,13 +84,13 @@ class RunSummary(L.Callback):
             "optimizer_state_bytes_by_group": [int(b) for b in by_group],
             "trainable_params": int(sum(p.numel() for p in params if p.requires_grad)),
             "total_params": int(sum(p.numel() for p in params)),
-            "peak_memory_bytes": int(peak_bytes),
-            "throughput": throughput,
+            "peak_memory_bytes": int(self.memory.measure(task.device)),
+            "throughput": rate,
             "wall_seconds": round(time.perf_counter() - self.started, 3),
-            "steps": int(trainer.global_step) if trainer is not None else 0,
-            "seed": run["seed"],
-            "config_hash": run["config_hash"],
-            "git_sha": run["git_sha"],
+            "steps": int(trainer.global_step),
+            "seed": self.run_info["seed"],
+            "config_hash": self.run_info["config_hash"],
+            "git_sha": self.run_info["git_sha"],
             "versions": versions(),
         }
 
@@ -84,6 +98,11 @@ class RunSummary(L.Callback):
 def versions() -> dict:
     return {"torch": torch.__version__, "lightning": L.__version__, "hydra": hydra.__version__,
             "python": platform.python_version()}
+
+
+def read(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def write(summary: dict, run_dir: Path) -> Path:

@@ -1,0 +1,129 @@
+"""The `lrlab` command line: listing, showing, validating, bad input, multirun, DDP, signals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+DIGITS_SMOKE = ["experiment=baseline/digits_mlp_adamw", "debug=smoke", "logger=none"]
+
+
+def lrlab(*args, cwd, timeout=300, **kwargs):
+    env = {**os.environ, "CI": "true"}
+    return subprocess.run([sys.executable, "-m", "lrlab.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env, **kwargs)
+
+
+def test_ls_lists_groups_and_presets(cli):
+    code, out, _ = cli("ls")
+    assert code == 0
+    for expected in ("model:", "llama_tiny", "data:", "stdlib_bytes", "experiment:", "baseline/digits_mlp_adamw"):
+        assert expected in out
+    code, out, _ = cli("ls", "optimizer")
+    assert code == 0 and "adamw" in out and "model:" not in out
+
+
+def test_show_resolves(cli):
+    code, out, _ = cli("show", "experiment=baseline/digits_mlp_adamw", "optimizer.lr=0.5")
+    assert code == 0 and "lr: 0.5" in out and "_target_: lrlab.models.classifier.mlp" in out
+    assert "${" not in out
+
+
+def test_validate_every_preset(cli):
+    code, out, err = cli("validate")
+    assert code == 0, out + err
+    assert "BROKEN" not in out and "baseline/llama_tiny_adamw" in out
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model=no_such_model", "model"),
+    ("no_such_key=1", "no_such_key"),
+    ("optimizer.lr=-1", "optimizer.lr"),
+    ("optimizer.lr=fast", "optimizer.lr"),
+    ("trainer.max_steps=abc", "trainer.max_steps"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("resume=sometimes", "resume"),
+    ("data.max_tokens=10", "data"),
+])
+def test_bad_input_is_one_line_exit_2(cli, tmp_path, override, key):
+    code, _, err = cli("train", *DIGITS_SMOKE[1:], override) if "max_tokens" in override \
+        else cli("train", *DIGITS_SMOKE, override)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and key in lines[0], err
+    assert "Traceback" not in err
+    assert not list((tmp_path / "outputs" / "runs").glob("*/summary.json"))
+    assert not any((tmp_path / "outputs" / "runs").glob("*/checkpoints")) if (tmp_path / "outputs").exists() else True
+
+
+def test_missing_data_names_fetch_command(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("LRLAB_CACHE", str(tmp_path / "empty_cache"))
+    code, _, err = cli("train", "model=mlp", "data=mnist5k", "debug=smoke", "logger=none")
+    assert code == 2 and "lrlab data fetch mnist5k" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unreadable_checkpoint(cli, tmp_path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    code, _, err = cli("train", *DIGITS_SMOKE, f"ckpt_path={junk}")
+    assert code == 2 and "ckpt_path" in err and "unreadable" in err
+
+
+def test_finished_run_is_never_overwritten(cli, tmp_path):
+    code, out, err = cli("train", *DIGITS_SMOKE, "run_name=keep")
+    assert code == 0, err
+    summary = tmp_path / "outputs" / "runs" / "keep" / "summary.json"
+    before = summary.read_text()
+    config_before = (tmp_path / "outputs" / "runs" / "keep" / ".hydra" / "config.yaml").read_text()
+    code, _, err = cli("train", *DIGITS_SMOKE, "run_name=keep", "optimizer.lr=0.5")
+    assert code == 2 and "resume=auto" in err
+    assert summary.read_text() == before
+    assert (tmp_path / "outputs" / "runs" / "keep" / ".hydra" / "config.yaml").read_text() == config_before
+
+
+def test_multirun_grid_gives_each_job_its_own_dir(tmp_path):
+    done = lrlab("train", "-m", *DIGITS_SMOKE, "optimizer.lr=1e-3,3e-3", "run_name=grid", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summaries = sorted((tmp_path / "outputs" / "multiruns" / "grid").glob("*/summary.json"))
+    assert len(summaries) == 2
+    overrides = [(s.parent / ".hydra" / "overrides.yaml").read_text() for s in summaries]
+    assert "optimizer.lr=0.001" in overrides[0] and "optimizer.lr=0.003" in overrides[1]
+    assert all(json.loads(s.read_text())["status"] == "completed" for s in summaries)
+    hashes = {json.loads(s.read_text())["config_hash"] for s in summaries}
+    assert len(hashes) == 2
+
+
+def test_ddp_spawn_two_processes(tmp_path):
+    done = lrlab("train", *DIGITS_SMOKE, "trainer=ddp_spawn", "run_name=ddp", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "outputs" / "runs" / "ddp" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 6
+
+
+def test_sigint_checkpoints_then_resume_continues(tmp_path):
+    args = ["experiment=baseline/digits_mlp_adamw", "logger=csv", "run_name=sig", "trainer.max_steps=100000",
+            "trainer.val_check_interval=50"]
+    env = {**os.environ, "CI": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "lrlab.cli", "train", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "outputs" / "runs" / "sig" / "csv" / "metrics.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    run_dir = tmp_path / "outputs" / "runs" / "sig"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted", err[-2000:]
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    stopped_at = summary["steps"]
+    done = lrlab("train", *args[:-2], "resume=auto", f"trainer.max_steps={stopped_at + 5}",
+                 "trainer.val_check_interval=5", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["status"] == "completed" and resumed["steps"] == stopped_at + 5
