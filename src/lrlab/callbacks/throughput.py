@@ -1,7 +1,8 @@
 """Training throughput: tokens/s (language models) or samples/s (classifiers), and step time.
 
 Timed from the end of the `warmup`-th training batch to the end of training, across all
-ranks (per-rank counts × world size), so start-up and the first slow steps do not count.
+ranks (per-rank counts × world size). Validation time is excluded, so the number is the
+training rate; start-up and the first slow steps do not count.
 """
 
 import time
@@ -12,7 +13,8 @@ import lightning as L
 class Throughput(L.Callback):
     def __init__(self, warmup: int = 5):
         self.warmup = warmup
-        self.count, self.steps, self.started, self.elapsed = 0, 0, None, 0.0
+        self.count, self.steps, self.elapsed = 0, 0, 0.0
+        self.last: float | None = None
         self.unit = "samples_per_second"
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -21,13 +23,20 @@ class Throughput(L.Callback):
             self.unit, size = "tokens_per_second", batch["input_ids"].numel()
         else:
             size = len(batch["y"])
-        if self.started is None:
-            if batch_idx + 1 >= self.warmup or trainer.global_step >= self.warmup:
-                self.started = now
-            return
-        self.count += size * trainer.world_size
-        self.steps += 1
-        self.elapsed = now - self.started
+        if self.last is not None:
+            self.count += size * trainer.world_size
+            self.steps += 1
+            self.elapsed += now - self.last
+            self.last = now
+        elif trainer.global_step >= self.warmup:
+            self.last = now
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.paused_at = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.last is not None and not trainer.sanity_checking:
+            self.last += time.perf_counter() - self.paused_at
 
     def result(self) -> dict:
         rate = self.count / self.elapsed if self.elapsed > 0 else 0.0

