@@ -127,3 +127,14 @@ def test_sigint_checkpoints_then_resume_continues(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     resumed = json.loads((run_dir / "summary.json").read_text())
     assert resumed["status"] == "completed" and resumed["steps"] == stopped_at + 5
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_relaunching_strategies_two_processes(tmp_path, strategy):
+    """`ddp` and `fsdp2` re-launch the CLI once per rank; both ranks must agree and finish."""
+    done = lrlab("train", "debug=smoke", "logger=none", "data.max_tokens=40000", f"trainer={strategy}",
+                 "trainer.accelerator=cpu", f"run_name={strategy}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "outputs" / "runs" / strategy / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 6
+    assert done.stdout.count("status") == 1  # only rank 0 reports

@@ -85,8 +85,14 @@ def cmd_train(args) -> None:
     if _value(overrides, "run_name") is None:
         overrides.append(f"run_name={datetime.now():%Y-%m-%d_%H-%M-%S}")
     guarded(precheck, overrides, args.multirun)
+    import importlib.util
+
+    import __main__
     from lrlab.train_entry import hydra_main
 
+    # Lightning's `ddp` launcher re-runs `python -m <__main__'s module> <argv[1:]>` for each rank:
+    # point it at the Hydra entry, which takes the overrides directly.
+    __main__.__spec__ = importlib.util.find_spec("lrlab.train_entry")
     sys.argv = ["lrlab", *(["--multirun"] if args.multirun else []), *overrides]
     hydra_main()
 
@@ -185,6 +191,7 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
 
 
 def main(argv: list[str] | None = None) -> None:

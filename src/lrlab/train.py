@@ -183,7 +183,7 @@ def fit(cfg: DictConfig, run_dir: Path, datamodule, task, ckpt: str | None) -> d
         last = run_dir / "checkpoints" / "last.ckpt"
         where = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was saved"
         raise TrainingFailed(f"{error}; run stopped ({where})")
-    return summary_io.read(run_dir)
+    return summary_io.read(run_dir) if trainer.is_global_zero else None
 
 
 class TrainingFailed(RuntimeError):

@@ -35,3 +35,10 @@ def hydra_main(cfg: DictConfig) -> None:
         sys.exit(1)
     if summary is not None:
         print_summary(summary, str(cfg.paths.run_dir))
+
+
+if __name__ == "__main__":
+    from lrlab.cli import quiet_libraries
+
+    quiet_libraries()
+    hydra_main()

@@ -27,6 +27,20 @@ class BaseTask(L.LightningModule):
         self.optimizer_cfg, self.scheduler_cfg, self.total_steps = optimizer, scheduler, total_steps
         self.regularizers = nn.ModuleList(regularizers or [])
 
+    def configure_model(self) -> None:
+        """FSDP2 (`trainer=fsdp2`): shard each decoder layer, then the whole model."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for module in self.model.modules():
+            if type(module).__name__.endswith("DecoderLayer"):
+                fully_shard(module, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
+
     # --- optimisation -------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = instantiate(self.optimizer_cfg, _partial_=True, _convert_="all")(self.model)
