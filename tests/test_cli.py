@@ -94,6 +94,8 @@ def test_multirun_grid_gives_each_job_its_own_dir(tmp_path):
     overrides = [(s.parent / ".hydra" / "overrides.yaml").read_text() for s in summaries]
     assert "optimizer.lr=0.001" in overrides[0] and "optimizer.lr=0.003" in overrides[1]
     assert all(json.loads(s.read_text())["status"] == "completed" for s in summaries)
+    table = lrlab("report", "outputs/multiruns/grid", cwd=tmp_path)
+    assert table.returncode == 0 and table.stdout.count("optimizer.lr=") == 2 and "val/acc" in table.stdout
     hashes = {json.loads(s.read_text())["config_hash"] for s in summaries}
     assert len(hashes) == 2
 
@@ -105,7 +107,8 @@ def test_ddp_spawn_two_processes(tmp_path):
     assert summary["status"] == "completed" and summary["steps"] == 6
 
 
-def test_sigint_checkpoints_then_resume_continues(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_checkpoints_then_resume_continues(tmp_path, sig):
     args = ["experiment=baseline/digits_mlp_adamw", "logger=csv", "run_name=sig", "trainer.max_steps=100000",
             "trainer.val_check_interval=50"]
     env = {**os.environ, "CI": "true"}
@@ -115,7 +118,7 @@ def test_sigint_checkpoints_then_resume_continues(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
         time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     run_dir = tmp_path / "outputs" / "runs" / "sig"
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -100,3 +100,10 @@ def test_loggers(make_cfg, tmp_path, group, monkeypatch):
     summary = run(make_cfg(DIGITS, "debug=smoke", logger=group))
     assert summary["status"] == "completed"
     assert any(p.is_file() for p in (tmp_path / "run").rglob("*") if group in str(p) or "wandb" in str(p))
+
+
+@pytest.mark.parametrize("base", [[DIGITS], TINY_LM, ["experiment=baseline/digits_mlp_adamw", "model=cnn"]],
+                         ids=["classify_mlp", "causal_lm", "classify_cnn"])
+def test_fast_dev_run_each_task(make_cfg, base):
+    summary = run(make_cfg(*base, "debug=fdr"))
+    assert summary["status"] == "completed" and summary["steps"] == 1

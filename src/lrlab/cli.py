@@ -1,4 +1,4 @@
-"""`lrlab train|ls|show|validate|data` — a thin dispatch over Hydra.
+"""`lrlab train|ls|show|validate|data|report` — a thin dispatch over Hydra.
 
 Every command composes the same `conf/train.yaml`. Bad input (unknown option, wrong type,
 missing data, unreadable checkpoint, ...) prints one line `error: KEY=VALUE: what is allowed`
@@ -159,6 +159,15 @@ def cmd_data(args) -> None:
         print(f"{name}: {path}")
 
 
+def cmd_report(args) -> None:
+    from lrlab.report.table import collect, markdown
+
+    runs = collect(args.paths)
+    if not runs:
+        fail(f"paths={args.paths}: no summary.json found under them")
+    print(markdown(runs, by_seed=not args.per_run))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lrlab", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -176,10 +185,13 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("action", choices=["ls", "fetch"])
     data.add_argument("name", nargs="*")
     data.add_argument("--force", action="store_true")
+    report = sub.add_parser("report", help="one markdown table from the summary.json files under PATHs")
+    report.add_argument("paths", nargs="+")
+    report.add_argument("--per-run", action="store_true", help="one row per run (default: mean ± std over seeds)")
     return p
 
 
-COMMANDS = {"train": cmd_train, "ls": cmd_ls, "show": cmd_show, "validate": cmd_validate, "data": cmd_data}
+COMMANDS = {"report": cmd_report, "train": cmd_train, "ls": cmd_ls, "show": cmd_show, "validate": cmd_validate, "data": cmd_data}
 
 
 def quiet_libraries() -> None:
