@@ -1,0 +1,146 @@
+"""One low-rank gradient projector with interchangeable bases (GaLore, Fira, DCT, FRUGAL).
+
+A projector maps a gradient G (m×n) to a small R and back. The side follows galore-torch:
+`std` projects the smaller dimension — m ≥ n: R = G·Qᵀ with Q (r×n) the top-r right singular
+vectors, back = R·Q; m < n: R = Pᵀ·G with P (m×r) the top-r left singular vectors, back = P·R.
+`reverse_std` swaps the two; `left`/`right` force one; `full` uses both: R = Pᵀ·G·Qᵀ.
+
+Bases (what P/Q are, recomputed from the current gradient at each refresh):
+- `svd`: exact, `torch.linalg.svd` in fp32 (galore-torch's choice; sign-identical to it).
+- `eigh`: eigenvectors of the smaller Gram matrix (G·Gᵀ or Gᵀ·G): the same subspace as `svd`
+  for a fraction of the cost, since only min(m,n)² is decomposed.
+- `randomized`: range finder with `power_iters` power iterations and QR, then an SVD of the
+  small projected matrix (Halko et al. 2011).
+- `dct`: SVD-free (Modoranu et al. 2025): one orthonormal DCT-II matrix D per size, shared by
+  all layers; S = G·D (or Dᵀ·G), columns (rows) scored by their ℓ1 norm, the top-r kept. Only
+  the int64 indices are stored per layer.
+- `random`: a seeded Gaussian matrix orthonormalised by QR.
+
+The projector is stateless: bases live as tensors in the optimizer state under the keys in
+`STATE_KEYS`, so checkpoints hold no Python objects.
+"""
+
+import math
+
+import torch
+
+SIDES = ("std", "reverse_std", "left", "right", "full")
+BASES = ("svd", "eigh", "randomized", "dct", "random")
+STATE_KEYS = ("proj_left", "proj_right", "proj_left_idx", "proj_right_idx")
+
+_DCT_CACHE: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def dct_matrix(n: int, device: torch.device) -> torch.Tensor:
+    """Orthonormal DCT-II matrix: D[i, j] = √(2/n)·cos(π·i·(2j+1)/(2n)), row 0 scaled by √½."""
+    key = (n, str(device))
+    if key not in _DCT_CACHE:
+        i = torch.arange(n, dtype=torch.float64).unsqueeze(1)
+        j = torch.arange(n, dtype=torch.float64).unsqueeze(0)
+        d = math.sqrt(2.0 / n) * torch.cos(math.pi * i * (2 * j + 1) / (2 * n))
+        d[0] *= math.sqrt(0.5)
+        _DCT_CACHE[key] = d.to(device=device, dtype=torch.float32)
+    return _DCT_CACHE[key]
+
+
+def resolve_side(shape: torch.Size, proj_type: str) -> str:
+    """`left`, `right` or `full` for a gradient of this shape."""
+    m, n = shape
+    if proj_type == "std":
+        return "right" if m >= n else "left"
+    if proj_type == "reverse_std":
+        return "left" if m >= n else "right"
+    return proj_type
+
+
+def _top_left(grad: torch.Tensor, rank: int, basis: str, generator: torch.Generator | None,
+              power_iters: int) -> torch.Tensor:
+    """An m×r orthonormal basis of the dominant column space of `grad` (m×n)."""
+    if basis == "svd":
+        return torch.linalg.svd(grad, full_matrices=False)[0][:, :rank]
+    if basis == "eigh":
+        _, vectors = torch.linalg.eigh(grad @ grad.T)
+        return vectors[:, -rank:].flip(1)
+    if basis == "randomized":
+        sketch = torch.randn(grad.shape[1], min(rank + 8, grad.shape[1]), generator=generator,
+                             device="cpu").to(grad.device)
+        q = torch.linalg.qr(grad @ sketch)[0]
+        for _ in range(power_iters):
+            q = torch.linalg.qr(grad @ torch.linalg.qr(grad.T @ q)[0])[0]
+        small_u = torch.linalg.svd(q.T @ grad, full_matrices=False)[0]
+        return q @ small_u[:, :rank]
+    gaussian = torch.randn(grad.shape[0], rank, generator=generator, device="cpu").to(grad.device)
+    return torch.linalg.qr(gaussian)[0]
+
+
+def _top_dct(grad: torch.Tensor, rank: int, side: str) -> torch.Tensor:
+    """Indices of the r DCT columns (right side) or rows (left side) with the largest ℓ1 score."""
+    if side == "right":
+        scores = (grad @ dct_matrix(grad.shape[1], grad.device)).abs().sum(dim=0)
+    else:
+        scores = (dct_matrix(grad.shape[0], grad.device).T @ grad).abs().sum(dim=1)
+    return torch.topk(scores, rank, sorted=True).indices
+
+
+def refresh(grad: torch.Tensor, rank: int, proj_type: str, basis: str, seed: int = 0,
+            power_iters: int = 2) -> dict[str, torch.Tensor]:
+    """New basis tensors for `grad` (computed in fp32), keyed as in the optimizer state."""
+    grad = grad.float()
+    side = resolve_side(grad.shape, proj_type)
+    generator = torch.Generator().manual_seed(seed) if basis in ("randomized", "random") else None
+    new = {}
+    if side in ("left", "full"):
+        if basis == "dct":
+            new["proj_left_idx"] = _top_dct(grad, rank, "left")
+        else:
+            new["proj_left"] = _top_left(grad, rank, basis, generator, power_iters).contiguous()
+    if side in ("right", "full"):
+        if basis == "dct":
+            new["proj_right_idx"] = _top_dct(grad, rank, "right")
+        elif basis == "svd":  # Vh of the same SVD as galore-torch, so signs match it exactly
+            new["proj_right"] = torch.linalg.svd(grad, full_matrices=False)[2][:rank].contiguous()
+        else:
+            new["proj_right"] = _top_left(grad.T, rank, basis, generator, power_iters).T.contiguous()
+    return new
+
+
+def matrices(state: dict, shape: torch.Size) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(P m×r or None, Q r×n or None) from the stored basis (DCT indices are gathered)."""
+    left, right = state.get("proj_left"), state.get("proj_right")
+    if "proj_left_idx" in state:
+        left = dct_matrix(shape[0], state["proj_left_idx"].device)[:, state["proj_left_idx"]]
+    if "proj_right_idx" in state:
+        right = dct_matrix(shape[1], state["proj_right_idx"].device)[:, state["proj_right_idx"]].T
+    return left, right
+
+
+def project(grad: torch.Tensor, left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
+    low = grad if left is None else left.T @ grad
+    return low if right is None else low @ right.T
+
+
+def project_back(low: torch.Tensor, left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
+    full = low if left is None else left @ low
+    return full if right is None else full @ right
+
+
+def rotation(old: dict, new: dict, shape: torch.Size) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Maps moments from the old subspace to the new one: (Pₙᵀ·Pₒ, Qₒ·Qₙᵀ)."""
+    old_left, old_right = matrices(old, shape)
+    new_left, new_right = matrices(new, shape)
+    to_left = None if new_left is None else new_left.T @ old_left
+    to_right = None if new_right is None else old_right @ new_right.T
+    return to_left, to_right
+
+
+def state_bytes_formula(shape: torch.Size, rank: int, proj_type: str, basis: str) -> int:
+    """Analytic optimizer-state bytes of one projected fp32 weight: two low-rank moments and
+    the basis (fp32 matrix, or int64 indices for `dct`)."""
+    m, n = shape
+    side = resolve_side(shape, proj_type)
+    low = (rank * rank if side == "full" else rank * (n if side == "left" else m))
+    basis_bytes = 0
+    for present, length in ((side in ("left", "full"), m), (side in ("right", "full"), n)):
+        if present:
+            basis_bytes += rank * 8 if basis == "dct" else rank * length * 4
+    return 2 * low * 4 + basis_bytes
