@@ -27,6 +27,12 @@ def test_dct_matrix_is_orthonormal_dct2():
     assert torch.allclose(d @ d.T, torch.eye(12), atol=1e-5)
 
 
+@pytest.mark.parametrize("n", [7, 12, 64])
+def test_fft_dct_equals_the_matrix(n):
+    x = torch.randn(5, n)
+    assert torch.allclose(projector.dct2(x), x @ dct_reference(n).T, atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(30, 12), (12, 30)])
 def test_dct_selects_top_l1_columns(shape):
     torch.manual_seed(0)
@@ -34,12 +40,12 @@ def test_dct_selects_top_l1_columns(shape):
     side = projector.resolve_side(grad.shape, "std")
     basis = projector.refresh(grad, rank, "std", "dct")
     d = dct_reference(min(shape))
-    if side == "right":
-        scores = (grad @ d).abs().sum(0)
-        expected_low = (grad @ d)[:, scores.topk(rank).indices]
-    else:
-        scores = (d.T @ grad).abs().sum(1)
-        expected_low = (d.T @ grad)[scores.topk(rank).indices]
+    if side == "right":  # S = G·Dᵀ: the DCT-II of each row
+        scores = (grad @ d.T).abs().sum(0)
+        expected_low = (grad @ d.T)[:, scores.topk(rank).indices]
+    else:  # S = D·G: the DCT-II of each column
+        scores = (d @ grad).abs().sum(1)
+        expected_low = (d @ grad)[scores.topk(rank).indices]
     assert list(basis) == [f"proj_{side}_idx"] and basis[f"proj_{side}_idx"].dtype == torch.int64
     left, right = projector.matrices(basis, grad.shape)
     assert torch.allclose(projector.project(grad, left, right), expected_low, atol=1e-5)

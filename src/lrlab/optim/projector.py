@@ -11,9 +11,11 @@ Bases (what P/Q are, recomputed from the current gradient at each refresh):
   for a fraction of the cost, since only min(m,n)² is decomposed.
 - `randomized`: range finder with `power_iters` power iterations and QR, then an SVD of the
   small projected matrix (Halko et al. 2011).
-- `dct`: SVD-free (Modoranu et al. 2025): one orthonormal DCT-II matrix D per size, shared by
-  all layers; S = G·D (or Dᵀ·G), columns (rows) scored by their ℓ1 norm, the top-r kept. Only
-  the int64 indices are stored per layer.
+- `dct`: SVD-free (Modoranu et al. 2025): one orthonormal DCT-II matrix D per size (rows are
+  the cosine frequencies), shared by all layers; S = G·Dᵀ (or D·G) — the DCT-II of G's rows
+  (columns), computed with an FFT (Makhoul's algorithm, the official code's fast path) — and
+  the r frequencies with the largest ℓ1 score are kept: Q = D[idx] (P = D[idx]ᵀ). Only the
+  int64 indices are stored per layer.
 - `random`: a seeded Gaussian matrix orthonormalised by QR.
 
 The projector is stateless: bases live as tensors in the optimizer state under the keys in
@@ -41,6 +43,17 @@ def dct_matrix(n: int, device: torch.device) -> torch.Tensor:
         d[0] *= math.sqrt(0.5)
         _DCT_CACHE[key] = d.to(device=device, dtype=torch.float32)
     return _DCT_CACHE[key]
+
+
+def dct2(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal DCT-II along the last dimension (= x·Dᵀ) in O(n log n) by one FFT (Makhoul 1980)."""
+    n = x.shape[-1]
+    reordered = torch.cat([x[..., ::2], x[..., 1::2].flip(-1)], dim=-1)
+    k = torch.arange(n, device=x.device, dtype=torch.float32)
+    twiddle = 2 * torch.exp(-1j * math.pi * k / (2 * n))
+    twiddle[0] /= math.sqrt(4 * n)
+    twiddle[1:] /= math.sqrt(2 * n)
+    return (torch.fft.fft(reordered, dim=-1) * twiddle).real
 
 
 def resolve_side(shape: torch.Size, proj_type: str) -> str:
@@ -74,12 +87,10 @@ def _top_left(grad: torch.Tensor, rank: int, basis: str, generator: torch.Genera
 
 
 def _top_dct(grad: torch.Tensor, rank: int, side: str) -> torch.Tensor:
-    """Indices of the r DCT columns (right side) or rows (left side) with the largest ℓ1 score."""
-    if side == "right":
-        scores = (grad @ dct_matrix(grad.shape[1], grad.device)).abs().sum(dim=0)
-    else:
-        scores = (dct_matrix(grad.shape[0], grad.device).T @ grad).abs().sum(dim=1)
-    return torch.topk(scores, rank, sorted=True).indices
+    """Indices of the r DCT frequencies with the largest ℓ1 score over G's rows (right side)
+    or columns (left side)."""
+    spectrum = dct2(grad) if side == "right" else dct2(grad.T)
+    return torch.topk(spectrum.abs().sum(dim=0), rank, sorted=True).indices
 
 
 def refresh(grad: torch.Tensor, rank: int, proj_type: str, basis: str, seed: int = 0,
@@ -108,9 +119,9 @@ def matrices(state: dict, shape: torch.Size) -> tuple[torch.Tensor | None, torch
     """(P m×r or None, Q r×n or None) from the stored basis (DCT indices are gathered)."""
     left, right = state.get("proj_left"), state.get("proj_right")
     if "proj_left_idx" in state:
-        left = dct_matrix(shape[0], state["proj_left_idx"].device)[:, state["proj_left_idx"]]
+        left = dct_matrix(shape[0], state["proj_left_idx"].device)[state["proj_left_idx"]].T
     if "proj_right_idx" in state:
-        right = dct_matrix(shape[1], state["proj_right_idx"].device)[:, state["proj_right_idx"]].T
+        right = dct_matrix(shape[1], state["proj_right_idx"].device)[state["proj_right_idx"]]
     return left, right
 
 
