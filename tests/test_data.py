@@ -122,3 +122,10 @@ def test_ranks_partition_each_global_batch(monkeypatch):
     assert len(batches[0]) == len(single) == 5
     for b0, b1, whole in zip(batches[0], batches[1], single):
         assert not set(b0) & set(b1) and sorted(b0 + b1) == sorted(whole)
+
+
+def test_each_epoch_has_its_own_order():
+    sampler = loader.EpochBatchSampler(50, 5, shuffle=True, seed=0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first

@@ -52,10 +52,11 @@ def _state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-@pytest.mark.parametrize("base", [[DIGITS], TINY_LM], ids=["digits", "llama_tiny"])
-def test_resume_matches_straight_run(make_cfg, tmp_path, base):
-    """2N steps straight == N steps, then resume from the step-N checkpoint, then N more."""
-    n = 6
+@pytest.mark.parametrize("base, n", [([DIGITS], 6), ([DIGITS], 22), ([DIGITS], 30), (TINY_LM, 6)],
+                         ids=["digits_mid_epoch", "digits_epoch_end", "digits_next_epoch", "llama_tiny"])
+def test_resume_matches_straight_run(make_cfg, tmp_path, base, n):
+    """2N steps straight == N steps, then resume from the step-N checkpoint, then N more
+    (digits has 22 batches an epoch: the checkpoint lands mid-epoch, on its last batch, and in the next)."""
     common = [*base, f"trainer.max_steps={2 * n}", "trainer.val_check_interval=4", "trainer.log_every_n_steps=1",
               f"callbacks.checkpoint.every_n_train_steps={n}", "callbacks.checkpoint.save_top_k=-1"]
     run(make_cfg(*common, run="straight", logger="csv"))

@@ -42,12 +42,14 @@ class BaseDataModule(L.LightningDataModule):
     def num_train_samples(self) -> int:
         return len(self.train_set)
 
-    def _consumed(self) -> tuple[int, int]:
-        loop = self.trainer.fit_loop
-        return self.trainer.current_epoch, loop.epoch_loop.batch_progress.current.ready
+    def _position(self) -> tuple[int, int]:
+        """(epoch, training batches consumed in it), from the trainer when there is one."""
+        if self.trainer is None:
+            return 0, 0
+        return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def train_dataloader(self) -> DataLoader:
-        return ResumableLoader(self.train_set, self.batch_size, self.shuffle, self.seed, self._consumed,
+        return ResumableLoader(self.train_set, self.batch_size, self.shuffle, self.seed, self._position,
                                num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:

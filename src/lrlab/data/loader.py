@@ -51,18 +51,30 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 class ResumableLoader(DataLoader):
-    """DataLoader whose position survives a checkpoint. `consumed()` reports batches done this epoch."""
+    """DataLoader whose position survives a checkpoint. `position()` gives the trainer's
+    (epoch, batches consumed this epoch); each pass shuffles for the epoch it starts in."""
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int,
-                 consumed: Callable[[], tuple[int, int]], drop_last: bool = True, **kwargs):
+                 position: Callable[[], tuple[int, int]], drop_last: bool = True, **kwargs):
         sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last)
         super().__init__(dataset, batch_sampler=sampler, **kwargs)
-        self._consumed = consumed
+        self._position = position
+        self._resume_at: tuple[int, int] | None = None
+
+    def __iter__(self):
+        if self._resume_at is not None:  # first pass after a checkpoint load: trust its position
+            epoch, self.batch_sampler.skip = self._resume_at
+            self._resume_at = None
+        else:
+            epoch = self._position()[0]
+        self.batch_sampler.set_epoch(epoch)
+        return super().__iter__()
 
     def state_dict(self) -> dict:
-        epoch, batches = self._consumed()
+        epoch, batches = self._position()
+        if batches >= len(self.batch_sampler):  # taken on an epoch's last batch: resume at the next
+            epoch, batches = epoch + 1, 0
         return {"epoch": epoch, "batches": batches}
 
     def load_state_dict(self, state: dict) -> None:
-        self.batch_sampler.set_epoch(state["epoch"])
-        self.batch_sampler.skip = state["batches"]
+        self._resume_at = (state["epoch"], state["batches"])

@@ -1,0 +1,35 @@
+"""Nuclear-norm regularizer (as in TRP, Xu et al. 2019): term = Σ_W ‖W‖_*, over 2-D linear
+weights and conv kernels reshaped to out × (in·k·k).
+
+Its gradient is the sub-gradient U·Vᵀ of each weight's SVD, which TRP adds (× λ = 3e-4) to
+the weight gradient; here autograd produces it from the summed singular values. `every` > 1
+applies it on every n-th step only (the term is 0 otherwise), to bound the SVD cost.
+"""
+
+import torch
+from torch import nn
+
+from lrlab.errors import require
+from lrlab.regularizers.base import Regularizer
+
+
+def nuclear_norms(model: nn.Module) -> list[torch.Tensor]:
+    norms = []
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and module.weight.requires_grad:
+            weight = module.weight.flatten(1) if module.weight.ndim > 2 else module.weight
+            norms.append(torch.linalg.svdvals(weight.float()).sum())
+    return norms
+
+
+class NuclearNorm(Regularizer):
+    def __init__(self, weight: float = 3e-4, every: int = 1):
+        super().__init__(weight)
+        require(isinstance(every, int) and every >= 1, "regularizer.nuclear.every", every, "must be an integer >= 1")
+        self.every = every
+
+    def forward(self, outputs: dict, batch: dict, task) -> torch.Tensor:
+        if task.global_step % self.every:
+            return outputs["loss"].new_zeros(())
+        norms = nuclear_norms(task.model)
+        return torch.stack(norms).sum() if norms else outputs["loss"].new_zeros(())

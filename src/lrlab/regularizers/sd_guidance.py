@@ -1,0 +1,44 @@
+"""Self-distillation guided by the ground truth ("Even your Teacher Needs Guidance",
+Jain et al. 2024): the student's target mixes the label with the teacher's prediction,
+
+    target_i = α·onehot(y_i) + (1 − α)·softmax(teacher_i / τ)
+    loss = mean_i −Σ_c target_ic · log softmax(z_i)_c          (replaces the cross-entropy)
+
+α > 0 prevents the collapse that pure self-distillation (α = 0) shows. Teacher here: the
+model's own prediction for the sample from the previous epoch (a checkpointed buffer) — the
+single-run form of self-distillation; before a sample's first visit the target is the label.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from lrlab.errors import require
+from lrlab.regularizers.base import Regularizer
+
+
+class GuidedSelfDistillation(Regularizer):
+    replaces_loss = True
+
+    def __init__(self, weight: float = 1.0, alpha: float = 0.5, temperature: float = 1.0):
+        super().__init__(weight)
+        require(0 <= alpha <= 1, "regularizer.sd_guidance.alpha", alpha, "must be in [0, 1]")
+        require(temperature > 0, "regularizer.sd_guidance.temperature", temperature, "must be > 0")
+        self.alpha, self.temperature = alpha, temperature
+        self.register_buffer("teacher", torch.zeros(0, 0))
+        self.register_buffer("seen", torch.zeros(0, dtype=torch.bool))
+
+    def setup(self, num_samples: int, num_classes: int) -> None:
+        self.teacher = torch.zeros(num_samples, num_classes, device=self.teacher.device)
+        self.seen = torch.zeros(num_samples, dtype=torch.bool, device=self.seen.device)
+
+    def target(self, labels: torch.Tensor, teacher_probs: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        onehot = F.one_hot(labels, teacher_probs.shape[1]).float()
+        mixed = self.alpha * onehot + (1 - self.alpha) * teacher_probs
+        return torch.where(seen[:, None], mixed, onehot)
+
+    def forward(self, outputs: dict, batch: dict, task) -> torch.Tensor:
+        logits, index = outputs["logits"].float(), batch["index"]
+        target = self.target(batch["y"], self.teacher[index], self.seen[index])
+        self.teacher[index] = (logits.detach() / self.temperature).softmax(-1)
+        self.seen[index] = True
+        return -(target * logits.log_softmax(-1)).sum(1).mean()

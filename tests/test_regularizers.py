@@ -1,0 +1,151 @@
+"""Regularizers and ⊥Grad: hand-computed values, per-sample state, checkpoints, runner stacking."""
+
+import io
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lrlab.optim.orthograd import OrthoGrad, orthogonalize
+from lrlab.regularizers.elr import ELR
+from lrlab.regularizers.nested_dropout import NestedDropout
+from lrlab.regularizers.nuclear import NuclearNorm
+from lrlab.regularizers.pskd import PSKD
+from lrlab.regularizers.sd_guidance import GuidedSelfDistillation
+from lrlab.regularizers.stablemax import StableMaxCE, log_stablemax, stablemax_s
+from lrlab.train import run
+
+
+def batch(y, index):
+    return {"y": torch.tensor(y), "index": torch.tensor(index)}
+
+
+def test_elr_target_update_and_term_by_hand():
+    elr = ELR(beta=0.7)
+    elr.setup(num_samples=3, num_classes=2)
+    logits = torch.tensor([[0.0, math.log(3.0)]])  # softmax = [0.25, 0.75]
+    term = elr({"logits": logits}, batch([1], [2]), None)
+    target = 0.3 * torch.tensor([0.25, 0.75])
+    assert torch.allclose(elr.targets[2], target) and elr.targets[0].sum() == 0
+    assert term.item() == pytest.approx(math.log(1 - (0.25 * target[0] + 0.75 * target[1]).item()), rel=1e-6)
+    elr({"logits": logits}, batch([1], [2]), None)
+    assert torch.allclose(elr.targets[2], 0.7 * target + 0.3 * torch.tensor([0.25, 0.75]))
+
+
+def test_elr_clamps_probabilities():
+    elr = ELR()
+    elr.setup(1, 2)
+    elr({"logits": torch.tensor([[100.0, -100.0]])}, batch([0], [0]), None)
+    assert elr.targets[0, 1] == pytest.approx(0.3 * 1e-4 / (1.0), rel=1e-3)
+
+
+def test_pskd_alpha_schedule_and_targets():
+    pskd = PSKD(alpha_T=0.8, epochs=4)
+    pskd.setup(2, 3)
+    assert [pskd.alpha(e, 4) for e in range(4)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    task = SimpleNamespace(current_epoch=0)
+    logits = torch.tensor([[2.0, 0.0, 0.0]])
+    loss0 = pskd({"logits": logits}, batch([0], [1]), task)  # first visit: target = one-hot
+    assert loss0.item() == pytest.approx(-logits.log_softmax(-1)[0, 0].item(), rel=1e-6)
+    stored = logits.softmax(-1)[0]
+    assert torch.allclose(pskd.predictions[1], stored)
+    task.current_epoch = 1
+    loss1 = pskd({"logits": torch.zeros(1, 3)}, batch([0], [1]), task)
+    target = 0.6 * torch.tensor([1.0, 0, 0]) + 0.4 * stored
+    assert loss1.item() == pytest.approx(-(target * torch.full((3,), -math.log(3))).sum().item(), rel=1e-6)
+
+
+def test_guided_targets():
+    sd = GuidedSelfDistillation(alpha=0.25)
+    teacher = torch.tensor([[0.2, 0.8]])
+    assert torch.allclose(sd.target(torch.tensor([0]), teacher, torch.tensor([True])), torch.tensor([[0.4, 0.6]]))
+    assert torch.allclose(sd.target(torch.tensor([0]), teacher, torch.tensor([False])), torch.tensor([[1.0, 0.0]]))
+
+
+def test_stablemax_values():
+    x = torch.tensor([[2.0, 0.0, -1.0]])
+    assert torch.allclose(stablemax_s(x), torch.tensor([[3.0, 1.0, 0.5]]))
+    probs = log_stablemax(x).exp()
+    assert probs.dtype == torch.float64 and torch.allclose(probs, torch.tensor([[3, 1, 0.5]], dtype=torch.float64) / 4.5)
+    loss = StableMaxCE()({"logits": x}, batch([0], [0]), None)
+    assert loss.item() == pytest.approx(-math.log(3 / 4.5), rel=1e-6)
+
+
+def test_nested_dropout_mask_distribution():
+    nd = NestedDropout(sigma=10.0, per_sample=True)
+    p = nd.distribution(64)
+    expected = torch.exp(-(torch.arange(1, 65, dtype=torch.float64) / 10) ** 2)
+    assert torch.allclose(p.double(), expected / expected.sum(), atol=1e-7)
+    torch.manual_seed(0)
+    out = nd.transform_features(torch.ones(4000, 64), training=True)
+    kept = out.sum(1)
+    assert (out == torch.arange(64)[None, :].lt(kept[:, None]).float()).all()  # prefixes only
+    assert kept.mean().item() == pytest.approx((p * torch.arange(1, 65)).sum().item(), rel=0.05)
+    assert torch.equal(nd.transform_features(torch.ones(3, 64), training=False), torch.ones(3, 64))
+
+
+def test_nuclear_term_and_gradient_is_uv():
+    layer = torch.nn.Linear(4, 6)
+    task = SimpleNamespace(model=layer, global_step=0)
+    term = NuclearNorm()({"loss": torch.tensor(0.0)}, {}, task)
+    u, s, vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
+    assert term.item() == pytest.approx(s.sum().item(), rel=1e-5)
+    term.backward()
+    assert torch.allclose(layer.weight.grad, u @ vh, atol=1e-5)
+
+
+def test_orthograd_is_orthogonal_and_keeps_the_norm():
+    w, g = torch.randn(5, 3), torch.randn(5, 3)
+    g_perp = orthogonalize(w, g)
+    assert (w * g_perp).sum().abs() < 1e-5 and g_perp.norm().item() == pytest.approx(g.norm().item(), rel=1e-6)
+    p = torch.nn.Parameter(w.clone())
+    opt = OrthoGrad([p], torch.optim.SGD, lr=0.1)
+    p.grad = g.clone()
+    opt.step()
+    assert torch.allclose(p.data, w - 0.1 * g_perp, atol=1e-6)
+
+
+def test_per_sample_buffers_roundtrip_weights_only():
+    elr, pskd = ELR(), PSKD(epochs=2)
+    for reg in (elr, pskd):
+        reg.setup(5, 3)
+    elr.targets.uniform_()
+    pskd.predictions.uniform_()
+    pskd.seen[2] = True
+    buffer = io.BytesIO()
+    torch.save({"elr": elr.state_dict(), "pskd": pskd.state_dict()}, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    elr2, pskd2 = ELR(), PSKD(epochs=2)
+    elr2.setup(5, 3)
+    pskd2.setup(5, 3)
+    elr2.load_state_dict(loaded["elr"])
+    pskd2.load_state_dict(loaded["pskd"])
+    assert torch.equal(elr2.targets, elr.targets) and torch.equal(pskd2.predictions, pskd.predictions)
+    assert torch.equal(pskd2.seen, pskd.seen)
+
+
+def test_stacked_regularizers_through_the_runner(make_cfg):
+    summary = run(make_cfg("experiment=baseline/digits_mlp_adamw", "regularizer=[elr,nuclear]", "debug=smoke"))
+    assert summary["status"] == "completed"
+
+
+def test_per_sample_state_resumes_exactly(make_cfg, tmp_path):
+    n = 30  # > one epoch of digits at batch 64, so ELR targets and PS-KD predictions are live
+    common = ["experiment=baseline/digits_mlp_adamw", "regularizer=[elr,pskd]", f"trainer.max_steps={2 * n}",
+              "trainer.val_check_interval=30", f"callbacks.checkpoint.every_n_train_steps={n}",
+              "callbacks.checkpoint.save_top_k=-1"]
+    run(make_cfg(*common, run="straight"))
+    mid = tmp_path / "straight" / "checkpoints" / f"step{n:06d}.ckpt"
+    run(make_cfg(*common, f"ckpt_path={mid}", run="resumed"))
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert "regularizers.0.targets" in a and "regularizers.1.predictions" in a
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("preset", ["grokking/modadd_stablemax_orthograd", "grokking/modadd_softmax_wd",
+                                    "pskd/digits_mlp"])
+def test_presets_smoke(make_cfg, preset):
+    assert run(make_cfg(f"experiment={preset}", "debug=smoke"))["status"] == "completed"
