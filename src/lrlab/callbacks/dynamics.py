@@ -1,0 +1,78 @@
+"""Training-dynamics measurements, logged as validation metrics (so they reach summary.json).
+
+- `Memorisation`: over the noisy-label training samples (y ≠ y_clean), the fraction predicted
+  as their noisy label (`val/mem_noisy`) and as their clean label (`val/mem_clean`).
+- `SoftmaxCollapse` (Prieto et al. 2025): the fraction of training samples whose float32
+  softmax cross-entropy gradient is exactly zero (`val/softmax_collapse`).
+- `RankMe` (Garrido et al. 2023): exp(−Σ p_k log p_k) with p_k = σ_k/‖σ‖₁ + 1e-7, σ the
+  singular values of the N×D matrix of validation penultimate features (`val/rankme`).
+"""
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+
+@torch.no_grad()
+def predict(task, dataset, batch_size: int = 1024) -> dict[str, torch.Tensor]:
+    """Logits, features and labels of a whole split, in eval mode."""
+    was_training = task.training
+    task.eval()
+    parts: dict[str, list] = {"logits": [], "features": [], "y": [], "y_clean": []}
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        out = task.model(batch["x"].to(task.device))
+        parts["logits"].append(out["logits"].float().cpu())
+        parts["features"].append(out["features"].float().cpu())
+        parts["y"].append(batch["y"])
+        parts["y_clean"].append(batch.get("y_clean", batch["y"]))
+    task.train(was_training)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def rankme(features: torch.Tensor) -> float:
+    singular = torch.linalg.svdvals(features.double())
+    p = singular / singular.sum() + 1e-7
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def collapsed_fraction(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    grad = logits.float().softmax(-1) - F.one_hot(labels, logits.shape[1]).float()
+    return float((grad == 0).all(1).float().mean())
+
+
+class _SplitMetric(L.Callback):
+    split = "train"
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        dm = trainer.datamodule
+        dataset = dm.train_set if self.split == "train" else dm.val_set
+        for name, value in self.measure(predict(pl_module, dataset)).items():
+            pl_module.log(f"val/{name}", value)
+
+    def measure(self, out: dict) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class Memorisation(_SplitMetric):
+    def measure(self, out: dict) -> dict[str, float]:
+        noisy = out["y"] != out["y_clean"]
+        if not noisy.any():
+            return {}
+        pred = out["logits"].argmax(-1)[noisy]
+        return {"mem_noisy": float((pred == out["y"][noisy]).float().mean()),
+                "mem_clean": float((pred == out["y_clean"][noisy]).float().mean())}
+
+
+class SoftmaxCollapse(_SplitMetric):
+    def measure(self, out: dict) -> dict[str, float]:
+        return {"softmax_collapse": collapsed_fraction(out["logits"], out["y"])}
+
+
+class RankMe(_SplitMetric):
+    split = "val"
+
+    def measure(self, out: dict) -> dict[str, float]:
+        return {"rankme": rankme(out["features"])}
