@@ -32,6 +32,7 @@ train: install
 
 bench: install
 	$(BIN)/python scripts/bench_runner.py
+	$(BIN)/python scripts/bench_optimizers.py
 
 clean:
 	rm -rf $(VENV) outputs build dist
