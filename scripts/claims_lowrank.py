@@ -46,6 +46,7 @@ def main() -> None:
         "DCT": [*base, "optimizer=dct", *lowrank],
         "FRUGAL": [*base, "optimizer=frugal", *lowrank, "optimizer.residual_lr_scale=0.1"],
         "momentum reset": [*base, "optimizer=lowrank_reset", *lowrank],
+        "GradNormLoRP": [*base, "optimizer=gradnorm_lorp", *lowrank],
     }
     results = run_grid(grid, args.seeds, args.out)
     projected_numel = attention_mlp_numel(base)
