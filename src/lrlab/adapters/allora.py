@@ -1,0 +1,76 @@
+"""ALLoRA: LoRA without dropout and without the alpha/r scaling, with a per-row adaptive
+learning rate (Huang et al., 2024, "ALLoRA: Adaptive Learning Rate Mitigates LoRA Fatal Flaws").
+
+Forward: y = W x + B A x (W frozen, A ~ Kaiming-uniform, B = 0).
+Update: the gradient of every row of A and of B is multiplied by
+    c_row = 1 / sqrt(||row||^2 + 1 / eta^2),
+so rows near zero (B at initialisation) take steps up to `eta` times larger and the step
+shrinks as a row grows. Decision: the coefficient is applied to the gradient (a tensor
+hook), so any optimizer sees the rescaled gradient; `norm_dim` picks the axis the norm runs
+over (1: each output row of B / each rank row of A, as in the paper; 0: columns).
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from lrlab.adapters.peft_glue import _finish
+from lrlab.errors import require
+
+
+def row_coefficient(factor: torch.Tensor, eta: float, norm_dim: int) -> torch.Tensor:
+    """c = 1/sqrt(||row||^2 + 1/eta^2), shaped to broadcast against `factor`."""
+    squared = factor.detach().pow(2).sum(dim=norm_dim, keepdim=True)
+    return torch.rsqrt(squared + 1.0 / eta**2)
+
+
+class ALLoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, r: int, eta: float, norm_dim: int):
+        super().__init__()
+        self.base = base
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        for factor in (self.lora_A, self.lora_B):
+            factor.register_hook(lambda grad, f=factor: grad * row_coefficient(f, eta, norm_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_A.T) @ self.lora_B.T
+
+    def merged(self) -> nn.Linear:
+        merged = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        merged.weight.data = self.base.weight.data + self.lora_B.data @ self.lora_A.data
+        if self.base.bias is not None:
+            merged.bias.data = self.base.bias.data.clone()
+        return merged
+
+
+def _replace(model: nn.Module, target_modules: list[str], make) -> int:
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in target_modules):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, make(module))
+            replaced += 1
+    require(replaced > 0, "adapter.target_modules", target_modules, "names of nn.Linear modules in the model")
+    return replaced
+
+
+def apply(model: nn.Module, target_modules: list[str], r: int = 8, eta: float = 4.0, norm_dim: int = 1,
+          train_also: tuple[str, ...] = ()) -> nn.Module:
+    require(r >= 1, "adapter.r", r, "an integer >= 1")
+    require(eta > 0, "adapter.eta", eta, "a positive float")
+    require(norm_dim in (0, 1), "adapter.norm_dim", norm_dim, "0 or 1")
+    model.requires_grad_(False)
+    _replace(model, list(target_modules), lambda lin: ALLoRALinear(lin, r, eta, norm_dim))
+    return _finish(model, list(train_also))
+
+
+def merge(model: nn.Module) -> nn.Module:
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ALLoRALinear):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.merged())
+    return model
