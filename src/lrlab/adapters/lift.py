@@ -1,0 +1,104 @@
+"""LIFT: sparse fine-tuning of principal weights (Liu et al., 2025, "LIFT the Veil for the Truth:
+Principal Weights Emerge after Rank Reduction for Reasoning-Focused Supervised Fine-Tuning").
+
+Mask: for each adapted weight W (m x n), take its rank-`filter_rank` approximation W_f and keep
+the K = (m + n) * lora_rank entries of largest |W_f| (the parameter budget of a rank-`lora_rank`
+LoRA). Update: AdamW on the masked entries only; the moments are stored for those K entries,
+not for the full matrix. Every `refresh_every` steps the mask is recomputed from the current
+weight; moments of entries kept by both masks carry over, new entries start from zero.
+
+How it plugs in: LIFT is an adapter + optimizer pair. `apply` (the adapter) marks the target
+weights and `train_also` modules trainable and records the targets on `model.lrlab_lift`; the
+optimizer builder `build` (config `conf/optimizer/lift.yaml`) reads them, runs masked AdamW on
+the targets and dense AdamW on every other trainable parameter. A preset selects both.
+"""
+
+import torch
+from torch import nn
+
+from lrlab.adapters.peft_glue import _finish
+from lrlab.errors import require
+
+
+def principal_mask(weight: torch.Tensor, filter_rank: int, budget: int) -> torch.Tensor:
+    """Flat indices of the `budget` largest |entries| of the rank-`filter_rank` approximation."""
+    u, s, vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
+    approx = (u[:, :filter_rank] * s[:filter_rank]) @ vh[:filter_rank]
+    return torch.topk(approx.abs().flatten(), min(budget, weight.numel())).indices.sort().values
+
+
+def apply(model: nn.Module, target_modules: list[str], lora_rank: int = 8, filter_rank: int = 8,
+          train_also: tuple[str, ...] = ()) -> nn.Module:
+    require(lora_rank >= 1, "adapter.lora_rank", lora_rank, "an integer >= 1")
+    require(filter_rank >= 1, "adapter.filter_rank", filter_rank, "an integer >= 1")
+    model.requires_grad_(False)
+    targets = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in target_modules):
+            module.weight.requires_grad_(True)
+            targets[module.weight] = (module.weight.shape[0] + module.weight.shape[1]) * lora_rank
+    require(bool(targets), "adapter.target_modules", target_modules, "names of nn.Linear modules in the model")
+    model.lrlab_lift = {"budgets": targets, "filter_rank": filter_rank}
+    return _finish(model, list(train_also))
+
+
+class MaskedAdamW(torch.optim.Optimizer):
+    """AdamW whose masked parameters keep moments only for their `budget` selected entries."""
+
+    def __init__(self, params, budgets: dict, filter_rank: int, lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=0.0, refresh_every=100):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.budgets, self.filter_rank, self.refresh_every = budgets, filter_rank, refresh_every
+
+    def _refresh(self, param, state):
+        new = principal_mask(param, self.filter_rank, self.budgets[param]).to(param.device)
+        moments = (torch.zeros(new.numel(), device=param.device, dtype=param.dtype) for _ in range(2))
+        exp_avg, exp_avg_sq = moments
+        if "index" in state:
+            kept = torch.isin(new, state["index"])
+            position = torch.searchsorted(state["index"], new[kept])
+            exp_avg[kept] = state["exp_avg"][position]
+            exp_avg_sq[kept] = state["exp_avg_sq"][position]
+        state.update(index=new, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                state["step"] = state.get("step", 0) + 1
+                masked = param in self.budgets
+                if masked and (state["step"] - 1) % self.refresh_every == 0:
+                    self._refresh(param, state)
+                flat = param.view(-1)
+                if not masked and "exp_avg" not in state:
+                    state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(flat), torch.zeros_like(flat)
+                grad = param.grad.view(-1)[state["index"]] if masked else param.grad.view(-1)
+                value = flat[state["index"]] if masked else flat
+                state["exp_avg"].lerp_(grad, 1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                step = state["step"]
+                denom = (state["exp_avg_sq"] / (1 - beta2**step)).sqrt_().add_(group["eps"])
+                update = (state["exp_avg"] / (1 - beta1**step)) / denom
+                value = value * (1 - group["lr"] * group["weight_decay"]) - group["lr"] * update
+                if masked:
+                    flat[state["index"]] = value
+                else:
+                    flat.copy_(value)
+        return loss
+
+
+def build(model: nn.Module, lr: float = 1e-4, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+          refresh_every: int = 100) -> torch.optim.Optimizer:
+    spec = getattr(model, "lrlab_lift", None)
+    if spec is None:  # a Lightning task wraps the adapted model
+        spec = getattr(getattr(model, "model", None), "lrlab_lift", None)
+    require(spec is not None, "optimizer", "lift", "used together with adapter=lift")
+    require(refresh_every >= 1, "optimizer.refresh_every", refresh_every, "an integer >= 1")
+    params = [p for p in model.parameters() if p.requires_grad]
+    return MaskedAdamW(params, spec["budgets"], spec["filter_rank"], lr=lr, betas=tuple(betas), eps=eps,
+                       weight_decay=weight_decay, refresh_every=refresh_every)

@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from lrlab.adapters import lift
+from lrlab.errors import ConfigError
+from lrlab.models.classifier import mlp
+
+
+def test_principal_mask_on_a_hand_made_matrix():
+    # rank-1 matrix: its rank-1 approximation is itself, so the mask is its largest |entries|
+    weight = torch.outer(torch.tensor([1.0, -3.0]), torch.tensor([2.0, 0.5, -1.0]))
+    index = lift.principal_mask(weight, filter_rank=1, budget=2)
+    assert index.tolist() == [3, 5]  # -6 and 3 (flattened positions)
+
+
+def _model():
+    torch.manual_seed(0)
+    return lift.apply(mlp(16, 3, hidden=(32, 32)), ["body.1"], lora_rank=2, filter_rank=4, train_also=("head",))
+
+
+def test_only_masked_entries_move_and_moments_are_sparse():
+    model = _model()
+    before = model.body[1].weight.detach().clone()
+    opt = lift.build(model, lr=1e-2, refresh_every=1000)
+    x, y = torch.randn(8, 16), torch.randint(0, 3, (8,))
+    for _ in range(3):
+        torch.nn.functional.cross_entropy(model(x)["logits"], y).backward()
+        opt.step()
+        opt.zero_grad()
+    state = opt.state[model.body[1].weight]
+    budget = (32 + 16) * 2
+    assert state["exp_avg"].numel() == budget and state["exp_avg_sq"].numel() == budget
+    changed = (model.body[1].weight.detach() != before).flatten().nonzero().squeeze(1)
+    assert set(changed.tolist()) <= set(state["index"].tolist()) and changed.numel() > budget // 2
+    assert opt.state[model.head.weight]["exp_avg"].numel() == model.head.weight.numel()
+    assert not model.body[3].weight.requires_grad
+
+
+def test_refresh_keeps_moments_of_surviving_entries():
+    model = _model()
+    opt = lift.build(model, lr=1e-1, betas=(0.9, 0.999), refresh_every=2)  # refreshes at steps 1 and 3
+    x, y = torch.randn(8, 16), torch.randint(0, 3, (8,))
+    weight = model.body[1].weight
+    for _ in range(2):
+        torch.nn.functional.cross_entropy(model(x)["logits"], y).backward()
+        opt.step()
+        opt.zero_grad()
+    old = {k: v.clone() for k, v in opt.state[weight].items() if torch.is_tensor(v)}
+    torch.nn.functional.cross_entropy(model(x)["logits"], y).backward()
+    grad = weight.grad.flatten().clone()
+    opt.step()
+    new = opt.state[weight]
+    kept = torch.isin(new["index"], old["index"])
+    assert kept.any() and new["exp_avg"].numel() == old["exp_avg"].numel()
+    carried = old["exp_avg"][torch.searchsorted(old["index"], new["index"][kept])]
+    expected = 0.9 * carried + 0.1 * grad[new["index"][kept]]
+    assert torch.allclose(new["exp_avg"][kept], expected, atol=1e-7)
+    fresh = new["index"][~kept]
+    assert torch.allclose(new["exp_avg"][~kept], 0.1 * grad[fresh], atol=1e-7)
+
+
+def test_lift_optimizer_needs_the_adapter():
+    with pytest.raises(ConfigError):
+        lift.build(mlp(16, 3, hidden=(8,)))
