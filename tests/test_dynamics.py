@@ -29,3 +29,16 @@ def test_memorisation_and_rankme_reach_the_summary(make_cfg):
 def test_softmax_collapse_logged_for_grokking(make_cfg):
     summary = run(make_cfg("experiment=grokking/modadd_softmax", "debug=smoke"))
     assert 0 <= summary["metrics"]["final"]["val/softmax_collapse"] <= 1
+
+
+def test_spectra_per_layer_file_and_means(make_cfg, tmp_path):
+    import json
+
+    summary = run(make_cfg("experiment=baseline/digits_mlp_adamw", "callbacks=spectra", "debug=smoke"))
+    final = summary["metrics"]["final"]
+    assert final["val/weight_erank"] > 1 and final["val/grad_nuclear"] > 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "spectra.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and {r["layer"] for r in records[0]["layers"]} == {
+        "body.1.weight", "body.3.weight", "head.weight"}
+    layer = records[-1]["layers"][0]
+    assert 1 <= layer["weight_erank"] <= 64 and layer["grad_erank"] >= 1

@@ -6,7 +6,15 @@
   softmax cross-entropy gradient is exactly zero (`val/softmax_collapse`).
 - `RankMe` (Garrido et al. 2023): exp(−Σ p_k log p_k) with p_k = σ_k/‖σ‖₁ + 1e-7, σ the
   singular values of the N×D matrix of validation penultimate features (`val/rankme`).
+- `Spectra`: per 2-D weight, the nuclear norm and effective rank (RankMe of its singular
+  values) of the weight and of its last gradient; layer means are logged
+  (`val/weight_erank`, `val/grad_erank`, `val/weight_nuclear`, `val/grad_nuclear`) and the
+  per-layer values written to `<run dir>/spectra.jsonl` at every validation.
 """
+
+import json
+from pathlib import Path
+
 
 import lightning as L
 import torch
@@ -30,10 +38,13 @@ def predict(task, dataset, batch_size: int = 1024) -> dict[str, torch.Tensor]:
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def rankme(features: torch.Tensor) -> float:
-    singular = torch.linalg.svdvals(features.double())
+def effective_rank(singular: torch.Tensor) -> float:
     p = singular / singular.sum() + 1e-7
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+def rankme(features: torch.Tensor) -> float:
+    return effective_rank(torch.linalg.svdvals(features.double()))
 
 
 def collapsed_fraction(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -76,3 +87,37 @@ class RankMe(_SplitMetric):
 
     def measure(self, out: dict) -> dict[str, float]:
         return {"rankme": rankme(out["features"])}
+
+
+class Spectra(L.Callback):
+    def __init__(self, path: str | None = None):
+        self.path = Path(path) if path else None
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        interval = trainer.val_check_interval
+        if isinstance(interval, int) and (trainer.global_step + 1) % interval:
+            return  # keep only the gradient of the step right before a validation
+        self.grads = {n: p.grad.detach().float().cpu().clone() for n, p in pl_module.model.named_parameters()
+                          if p.grad is not None and p.ndim == 2}
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        rows = []
+        for name, weight in pl_module.model.named_parameters():
+            if weight.ndim != 2:
+                continue
+            row = {"layer": name}
+            for kind, matrix in (("weight", weight.detach().float().cpu()), ("grad", self.grads.get(name))):
+                if matrix is not None:
+                    singular = torch.linalg.svdvals(matrix.double())
+                    row[f"{kind}_nuclear"], row[f"{kind}_erank"] = float(singular.sum()), effective_rank(singular)
+            rows.append(row)
+        for key in ("weight_erank", "grad_erank", "weight_nuclear", "grad_nuclear"):
+            values = [r[key] for r in rows if key in r]
+            if values:
+                pl_module.log(f"val/{key}", sum(values) / len(values))
+        if self.path is not None and trainer.is_global_zero:
+            with self.path.open("a") as out:
+                out.write(json.dumps({"step": trainer.global_step, "layers": rows}) + "\n")
