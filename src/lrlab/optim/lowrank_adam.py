@@ -31,7 +31,7 @@ import torch
 from lrlab.errors import require
 from lrlab.optim import projector
 from lrlab.optim.projector import BASES, SIDES
-from lrlab.optim.routing import decay_groups, split_params
+from lrlab.optim.routing import decay_groups, evaluate_closure, split_params
 
 RESIDUALS = ("none", "fira", "fira_paper", "frugal")
 ON_REFRESH = ("keep", "reset", "rotate")
@@ -54,10 +54,7 @@ class LowRankAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:

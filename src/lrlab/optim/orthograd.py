@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lrlab.errors import require
-from lrlab.optim.routing import decay_groups, trainable
+from lrlab.optim.routing import decay_groups, evaluate_closure, trainable
 
 BASES = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -31,10 +31,7 @@ class OrthoGrad(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:

@@ -58,3 +58,11 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> tuple[int, list[int]]:
                     n += value.numel() * value.element_size()
         by_group.append(n)
     return sum(by_group), by_group
+
+
+def evaluate_closure(closure):
+    """Run an optimizer's closure (re-evaluating the loss) with gradients on; None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
