@@ -1,0 +1,60 @@
+import torch
+from torch import nn
+
+from lrlab.adapters import allora, peft_glue
+from lrlab.callbacks.intruders import IntruderDimensions, effective_weight, intruder_directions
+from lrlab.models.classifier import mlp
+
+
+def test_effective_weight_reads_lora_and_plain_layers():
+    torch.manual_seed(0)
+    plain = nn.Linear(6, 4)
+    assert torch.allclose(effective_weight(plain, 6), plain.weight)
+    model = allora.apply(mlp(6, 2, hidden=(4,)), ["body.1"], r=2)
+    layer = model.body[1]
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    assert torch.allclose(effective_weight(layer, 6), layer.base.weight + layer.lora_B @ layer.lora_A, atol=1e-6)
+
+
+def test_a_new_orthogonal_direction_is_an_intruder():
+    eye = torch.eye(4)
+    pretrained = torch.diag(torch.tensor([4.0, 3.0, 0.0, 0.0]))
+    u0 = torch.linalg.svd(pretrained)[0][:, :2]  # compare against the first two directions only
+    tuned = pretrained + 10.0 * torch.outer(eye[2], eye[3])
+    found, _ = intruder_directions(u0, tuned, top_k=3, threshold=0.5)
+    assert found.tolist() == [0]  # the new top direction e2 is orthogonal to e0 and e1
+    none_found, _ = intruder_directions(u0, pretrained * 2, top_k=2, threshold=0.5)
+    assert none_found.numel() == 0
+
+
+class _Task(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+
+def test_callback_counts_and_mitigation_removes_intruders():
+    torch.manual_seed(0)
+    task = _Task(peft_glue.lora(mlp(64, 2, hidden=(64,)), ["body.1"], r=1, alpha=1))
+    callback = IntruderDimensions(top_k=3, threshold=0.5, mitigate_lambda=0.0)
+    callback.on_fit_start(None, task)
+    assert callback.measure() == {"base_model.model.body.1": 0}
+    layer = task.model.base_model.model.body[1]
+    with torch.no_grad():  # a rank-1 update far larger than W_0, along a random direction
+        layer.lora_B["default"].weight.copy_(torch.randn(64, 1) * 20)
+    before = callback.measure()["base_model.model.body.1"]
+    assert before >= 1
+    callback.on_train_end(None, task)
+    assert callback.counts["base_model.model.body.1"] < before
+
+
+def test_intruder_counts_reach_the_summary(make_cfg):
+    from lrlab.train import run
+
+    summary = run(make_cfg("experiment=baseline/digits_mlp_adamw", "debug=smoke", "adapter=lora",
+                           "callbacks=intruders"))
+    found = {key: value for group in summary["metrics"].values() if isinstance(group, dict)
+             for key, value in group.items() if key.startswith("intruders/")}
+    assert set(found) == {"intruders/base_model.model.body.1", "intruders/base_model.model.body.3", "intruders/total"}
+    assert found["intruders/total"] == found["intruders/base_model.model.body.1"] + found["intruders/base_model.model.body.3"]
