@@ -34,6 +34,7 @@ class MiniLMClassifier(nn.Module):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.body = AutoModel.from_pretrained(str(model_path()))
         self.head = nn.Linear(self.body.config.hidden_size, num_classes)
+        self.train()  # from_pretrained returns eval mode; fine-tuning keeps BERT's dropout on
 
     def forward(self, x: dict, feature_hook=None) -> dict:
         hidden = self.body(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).last_hidden_state
