@@ -89,27 +89,35 @@ def optimizers(model, rank: int, gap: int) -> dict:
     }
 
 
-def bench_steps(gap: int, rank: int) -> None:
-    print(f"\n## 2. Amortised step time, llama_20m weights, rank {rank}, T={gap} ({gap} steps incl. one refresh)")
+def bench_steps(gap: int, rank: int, rounds: int = 8) -> None:
+    print(f"\n## 2. Amortised step time, llama_20m weights, rank {rank}, T={gap} ({gap} steps incl. one refresh, "
+          f"timed round-robin in {rounds} chunks)")
     print("| optimizer | ms/step | vs galore-torch | vs torch AdamW | state MiB | formula MiB |")
     print("|---|---|---|---|---|---|")
     torch.manual_seed(0)
     model = llama_20m()
     grads = {p: torch.randn_like(p) * 1e-3 for p in model.parameters()}
-    results = {}
+    built = {}
     for name, make in optimizers(model, rank, gap).items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            opt = make()
+            built[name] = make()
         for p, g in grads.items():
             p.grad = g
-
-        def run_steps():
-            for _ in range(gap):
+        for _ in range(gap):  # warm-up: state allocated, first refresh done
+            built[name].step()
+    # Round-robin in chunks, so that machine noise falls on every optimizer alike; each still
+    # takes `gap` timed steps, one of which refreshes its projection.
+    elapsed = dict.fromkeys(built, 0.0)
+    chunk = max(1, gap // rounds)
+    for _ in range(rounds):
+        for name, opt in built.items():
+            start = time.perf_counter()
+            for _ in range(chunk):
                 opt.step()
-
-        run_steps()  # warm-up: state allocated, first refresh done
-        results[name] = (timed(run_steps, 1) / gap * 1000, state_bytes(opt)[0] / 2**20)
+            elapsed[name] += time.perf_counter() - start
+    results = {name: (elapsed[name] / (chunk * rounds) * 1000, state_bytes(opt)[0] / 2**20)
+               for name, opt in built.items()}
     projected, regular = split_params(model, ("attn", "mlp"))
     dense_bytes = sum(2 * p.numel() * 4 for _, p in regular)
     formula = {"svd": sum(projector.state_bytes_formula(p.shape, rank, "std", "svd") for _, p in projected),
@@ -130,14 +138,17 @@ def bench_steps(gap: int, rank: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=["refresh", "steps"], default=None)
     parser.add_argument("--gap", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None, help="refresh timings: median of 5x this many")
     args = parser.parse_args()
     gap = args.gap or (50 if args.quick else 200)
     repeats = args.repeats or (1 if args.quick else 3)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    bench_refresh(SHAPES[:2] if args.quick else SHAPES, repeats)
-    bench_steps(gap, rank=64)
+    if args.only != "steps":
+        bench_refresh(SHAPES[:2] if args.quick else SHAPES, repeats)
+    if args.only != "refresh":
+        bench_steps(gap, rank=64)
 
 
 if __name__ == "__main__":
