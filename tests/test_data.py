@@ -129,3 +129,31 @@ def test_each_epoch_has_its_own_order():
     first = list(sampler)
     sampler.set_epoch(1)
     assert list(sampler) != first
+
+
+def idx_gz(array) -> bytes:
+    """IDX as in the Fashion-MNIST files: magic (0, 0, ubyte, ndim), big-endian dims, then the bytes."""
+    import gzip
+
+    import numpy as np
+
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return gzip.compress(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def test_fashion_mnist_idx_parsing(cache):
+    import numpy as np
+
+    from lrlab.data.images import FashionMNIST
+
+    rng = np.random.default_rng(0)
+    fake_dataset("fashion_mnist", {})
+    root = fetch.dataset_dir("fashion_mnist")
+    for prefix, n in (("train", 20), ("t10k", 10)):
+        (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(idx_gz(rng.integers(0, 256, (n, 28, 28))))
+        (root / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(idx_gz(np.arange(n) % 10))
+    dm = FashionMNIST(batch_size=4)
+    dm.setup()
+    assert len(dm.train_set) == 20 and len(dm.val_set) == 10
+    assert dm.train_set[3]["x"].shape == (1, 28, 28) and int(dm.train_set[3]["y"]) == 3
+    assert dm.val_set.y.tolist() == list(range(10))
