@@ -146,6 +146,6 @@ def test_per_sample_state_resumes_exactly(make_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["grokking/modadd_stablemax_orthograd", "grokking/modadd_softmax_wd",
-                                    "pskd/digits_mlp"])
+                                    "pskd/digits_mlp", "sd_guidance/digits_mlp"])
 def test_presets_smoke(make_cfg, preset):
     assert run(make_cfg(f"experiment={preset}", "debug=smoke"))["status"] == "completed"
