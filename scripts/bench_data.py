@@ -1,6 +1,6 @@
 """Measure how long each data module takes to build, cold (empty token cache) and warm.
 
-Usage: python scripts/bench_data.py  (needs `lrlab data fetch mnist5k fashion_mnist wordnet shakespeare`)
+Usage: python scripts/bench_data.py  (needs `lrlab data fetch mnist5k fashion_mnist wordnet shakespeare python_docs`)
 Cold times use a temporary LRLAB_CACHE holding links to the fetched data but no token caches.
 """
 
@@ -23,6 +23,7 @@ MODULES = {
     "stdlib_bytes": lambda: StdlibBytes(seed=0),
     "shakespeare": lambda: BPECorpus("shakespeare", vocab_size=8192, seed=0),
     "wordnet_glosses": lambda: BPECorpus("wordnet_glosses", vocab_size=8192, seed=0),
+    "python_docs": lambda: BPECorpus("python_docs", vocab_size=8192, seed=0),
 }
 
 

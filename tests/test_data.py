@@ -157,3 +157,14 @@ def test_fashion_mnist_idx_parsing(cache):
     assert len(dm.train_set) == 20 and len(dm.val_set) == 10
     assert dm.train_set[3]["x"].shape == (1, 28, 28) and int(dm.train_set[3]["y"]) == 3
     assert dm.val_set.y.tolist() == list(range(10))
+
+
+def test_python_docs_reads_nested_rst_sources(cache):
+    from lrlab.data.bpe import python_docs_text
+
+    fake_dataset("python_docs", {})
+    root = fetch.dataset_dir("python_docs")
+    for rel, text in (("index.rst.txt", "Top index.\n"), ("library/index.rst.txt", "Library index.\n")):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    assert python_docs_text() == "Top index.\n\nLibrary index.\n"

