@@ -33,3 +33,11 @@ def cli(tmp_path, monkeypatch, capsys):
         return code, out.out, out.err
 
     return call
+
+
+@pytest.fixture(scope="session")
+def wordnet():
+    """The WordNet glosses in the data cache (fetched once from Debian's wordnet-base if missing)."""
+    from lrlab.data.fetch import fetch
+
+    return fetch("wordnet")

@@ -27,7 +27,7 @@ def test_balanced_subset_caps_each_class_and_is_seeded():
     assert subset != balanced_subset(entries, per_class=4, seed=2)
 
 
-def test_minilm_lora_on_wordnet_through_the_runner(make_cfg):
+def test_minilm_lora_on_wordnet_through_the_runner(make_cfg, wordnet):
     summary = run(make_cfg("experiment=lora/minilm_wordnet_lora", "trainer.max_steps=2",
                            "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "data.per_class=3"))
     assert summary["status"] == "completed"
