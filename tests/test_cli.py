@@ -61,6 +61,22 @@ def test_bad_input_is_one_line_exit_2(cli, tmp_path, override, key):
     assert not any((tmp_path / "outputs" / "runs").glob("*/checkpoints")) if (tmp_path / "outputs").exists() else True
 
 
+def test_unknown_option_lists_the_allowed_ones(cli):
+    code, _, err = cli("show", "model=no_such_model")
+    assert code == 2 and err.startswith("error: model=no_such_model: one of ") and "llama_tiny" in err
+    assert "search path" not in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("show", "experiment=galore/no_such_preset")
+    assert code == 2 and "experiment=galore/no_such_preset" in err and "lrlab ls experiment" in err
+
+
+def test_listing_into_a_closed_pipe_ends_quietly():
+    listing = subprocess.Popen([sys.executable, "-m", "lrlab.cli", "ls"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    listing.stdout.close()  # the reader is gone before anything is written (`lrlab ls | head -0`)
+    err = listing.stderr.read().decode()
+    assert listing.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err
+
+
 def test_missing_data_names_fetch_command(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("LRLAB_CACHE", str(tmp_path / "empty_cache"))
     code, _, err = cli("train", "model=mlp", "data=mnist5k", "debug=smoke", "logger=none")

@@ -7,6 +7,7 @@ and exits with code 2; set HYDRA_FULL_ERROR=1 for the traceback.
 
 import argparse
 import os
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -24,11 +25,19 @@ def fail(message: str, code: int = EXIT_BAD_INPUT):
 
 
 def _one_line(err: BaseException) -> str:
+    """Hydra's multi-line composition errors, reduced to `KEY=VALUE: what is allowed`."""
     text = str(err).strip()
+    missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        listed = text.split("Available options", 1)[1].split("Config search path", 1)[0] if "Available options" in text else ""
+        options = [ln.strip() for ln in listed.splitlines()[1:] if ln.strip()]
+        allowed = f"one of {', '.join(options)}" if options else f"no such option (`lrlab ls {group}` lists them)"
+        return f"{group}={option}: {allowed}"
+    unknown = re.search(r"Could not override '([^']+)'", text)
+    if unknown:
+        return f"{unknown.group(1)}: no such key (`lrlab show` prints the config; +{unknown.group(1)}=... adds one)"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if "Available options" in text or "options in" in text:
-        options = [ln for ln in lines[1:] if not ln.lower().startswith("available")]
-        return f"{lines[0]} (allowed: {', '.join(options)})"
     return lines[0] if lines else type(err).__name__
 
 
@@ -209,7 +218,12 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     quiet_libraries()
-    COMMANDS[args.command](args)
+    try:
+        COMMANDS[args.command](args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `lrlab ls | head`: the reader left; end quietly, as other CLI tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 if __name__ == "__main__":
