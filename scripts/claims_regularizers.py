@@ -56,7 +56,7 @@ def main() -> None:
     fetch.fetch("mnist5k")
     for name in args.only:
         grid, columns = CLAIMS[name]
-        results = run_grid(grid, args.seeds, args.out)
+        results = run_grid(grid, args.seeds, args.out and f"{args.out}/{name}")
         print(f"\n### {name} (seeds {args.seeds})\n")
         print(table(results, columns))
 

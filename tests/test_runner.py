@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lrlab.errors import ConfigError
 from lrlab.train import TrainingFailed, run
 
 SUMMARY_KEYS = {"status", "metrics", "optimizer_state_bytes", "optimizer_state_bytes_by_group",
@@ -108,3 +109,17 @@ def test_loggers(make_cfg, tmp_path, group, monkeypatch):
 def test_fast_dev_run_each_task(make_cfg, base):
     summary = run(make_cfg(*base, "debug=fdr"))
     assert summary["status"] == "completed" and summary["steps"] == 1
+
+
+def test_claims_grid_reuses_completed_runs(tmp_path):
+    from lrlab.report.claims import run_grid
+
+    grid = {"digits": [DIGITS, "debug=smoke", "logger=none"]}
+    first = run_grid(grid, [0], str(tmp_path), progress=lambda _: None)["digits"][0]
+    summary = tmp_path / "digits" / "seed0" / "summary.json"
+    written = summary.stat().st_mtime_ns
+    again = run_grid(grid, [0], str(tmp_path), progress=lambda _: None)["digits"][0]
+    assert again == first and summary.stat().st_mtime_ns == written
+    changed = {"digits": [DIGITS, "debug=smoke", "logger=none", "optimizer.lr=0.5"]}
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_grid(changed, [0], str(tmp_path), progress=lambda _: None)

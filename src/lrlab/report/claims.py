@@ -1,16 +1,19 @@
 """Run a labelled grid of configurations over seeds and tabulate their summaries.
 
 Used by `scripts/claims_*.py`: each claim is a few named override lists, trained in-process
-with the same runner as `lrlab train`, reported as mean ± std over seeds.
+with the same runner as `lrlab train`, reported as mean ± std over seeds. A rerun with the same
+`--out` reuses every completed run of an identical config, so an interrupted grid continues
+and labels shared between claims (the CE reference) train once.
 """
 
+import json
 import re
 import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from lrlab.train import compose, run
+from lrlab.train import compose, config_hash, run
 
 
 def run_grid(grid: dict[str, list[str]], seeds: list[int], out_dir: str | None = None,
@@ -20,10 +23,22 @@ def run_grid(grid: dict[str, list[str]], seeds: list[int], out_dir: str | None =
     for label, overrides in grid.items():
         for seed in seeds:
             run_dir = root / re.sub(r"[^A-Za-z0-9_.-]+", "_", label) / f"seed{seed}"
-            summary = run(compose([*overrides, f"seed={seed}", "logger=csv"], run_dir=str(run_dir)))
+            cfg = compose([*overrides, f"seed={seed}", "logger=csv"], run_dir=str(run_dir))
+            summary = finished(run_dir, cfg) or run(cfg)
             results.setdefault(label, []).append(summary)
             progress(f"  {label} seed {seed}: {summary['metrics']['final']}")
     return results
+
+
+def finished(run_dir: Path, cfg) -> dict | None:
+    """The summary of a completed run of this very config in `run_dir` (a rerun skips it)."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    if summary["status"] == "completed" and summary["config_hash"] == config_hash(cfg):
+        return summary
+    return None
 
 
 def mean_std(values: list[float], digits: int = 4) -> str:
