@@ -74,6 +74,16 @@ def test_modular_arithmetic_labels_and_split():
     assert sample["x"].shape == (22,) and int(sample["y"]) == (a + b) % 11
 
 
+def test_modular_arithmetic_noise_corrupts_train_labels_only():
+    dm = ModularArithmetic(p=13, train_fraction=0.5, batch_size=8, noise={"kind": "symmetric", "rate": 0.5, "seed": 1})
+    dm.setup()
+    train, val = dm.train_set, dm.val_set
+    a, b = train.x[:, :13].argmax(1), train.x[:, 13:].argmax(1)
+    assert torch.equal(train.y_clean, (a + b) % 13)
+    assert 0.3 < (train.y != train.y_clean).float().mean() < 0.7
+    assert torch.equal(val.y, val.y_clean)
+
+
 def test_wordnet_gloss_parsing(cache):
     fake_dataset("wordnet", {
         "data.noun": "  1 This software and database is being provided\n"
