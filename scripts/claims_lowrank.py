@@ -60,7 +60,6 @@ def main() -> None:
         "attn+MLP state KiB": lambda s: (8 * projected_numel if len(s["optimizer_state_bytes_by_group"]) == 2
                                          else s["optimizer_state_bytes_by_group"][0]) / 1024,
         "total state MiB": lambda s: s["optimizer_state_bytes"] / 2**20,
-        "tokens/s": lambda s: s["throughput"]["tokens_per_second"],
     }))
 
 

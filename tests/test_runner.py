@@ -121,5 +121,5 @@ def test_claims_grid_reuses_completed_runs(tmp_path):
     again = run_grid(grid, [0], str(tmp_path), progress=lambda _: None)["digits"][0]
     assert again == first and summary.stat().st_mtime_ns == written
     changed = {"digits": [DIGITS, "debug=smoke", "logger=none", "optimizer.lr=0.5"]}
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="holds a run of another config"):
         run_grid(changed, [0], str(tmp_path), progress=lambda _: None)

@@ -2,8 +2,8 @@
 
 Used by `scripts/claims_*.py`: each claim is a few named override lists, trained in-process
 with the same runner as `lrlab train`, reported as mean ± std over seeds. A rerun with the same
-`--out` reuses every completed run of an identical config, so an interrupted grid continues
-and labels shared between claims (the CE reference) train once.
+`--out` reuses every completed run of an identical config and resumes an interrupted one from
+its last checkpoint, so a stopped grid continues where it was.
 """
 
 import json
@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from lrlab.errors import require
 from lrlab.train import compose, config_hash, run
 
 
@@ -23,7 +24,7 @@ def run_grid(grid: dict[str, list[str]], seeds: list[int], out_dir: str | None =
     for label, overrides in grid.items():
         for seed in seeds:
             run_dir = root / re.sub(r"[^A-Za-z0-9_.-]+", "_", label) / f"seed{seed}"
-            cfg = compose([*overrides, f"seed={seed}", "logger=csv"], run_dir=str(run_dir))
+            cfg = compose([*overrides, f"seed={seed}", "logger=csv", "resume=auto"], run_dir=str(run_dir))
             summary = finished(run_dir, cfg) or run(cfg)
             results.setdefault(label, []).append(summary)
             progress(f"  {label} seed {seed}: {summary['metrics']['final']}")
@@ -31,14 +32,15 @@ def run_grid(grid: dict[str, list[str]], seeds: list[int], out_dir: str | None =
 
 
 def finished(run_dir: Path, cfg) -> dict | None:
-    """The summary of a completed run of this very config in `run_dir` (a rerun skips it)."""
+    """The summary of a completed run of this very config in `run_dir` (a rerun skips it);
+    None where there is none yet or it was interrupted (the run then resumes from last.ckpt)."""
     path = run_dir / "summary.json"
     if not path.exists():
         return None
     summary = json.loads(path.read_text())
-    if summary["status"] == "completed" and summary["config_hash"] == config_hash(cfg):
-        return summary
-    return None
+    require(summary["config_hash"] == config_hash(cfg), "out", str(run_dir),
+            "holds a run of another config: choose another output folder")
+    return summary if summary["status"] == "completed" else None
 
 
 def mean_std(values: list[float], digits: int = 4) -> str:
