@@ -39,12 +39,12 @@ def test_peft_trainable_counts(name, expected):
 def test_adalora_counts_hooks_and_penalty():
     model = peft_glue.adalora(tiny(), TARGETS, total_steps=20, init_r=6, target_r=2, train_also=("head",))
     assert trainable(model) == (6 * 16 + 32 * 6 + 6) + (6 * 32 + 32 * 6 + 6) + HEAD
-    penalty = model.lrlab_penalty(None)
+    penalty = model.lrlab_penalty(None, None, None)
     assert penalty.item() > 0 and penalty.requires_grad
     x, y = torch.randn(8, 16), torch.randint(0, 3, (8,))
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     for step in range(20):
-        loss = torch.nn.functional.cross_entropy(logits(model, x), y) + model.lrlab_penalty(None)
+        loss = torch.nn.functional.cross_entropy(logits(model, x), y) + model.lrlab_penalty(None, None, None)
         loss.backward()
         opt.step()
         model.lrlab_hooks[0](None, step)

@@ -23,7 +23,7 @@ def test_only_small_weights_move_and_penalty_is_nuclear():
     moved = (weight.detach() != before)
     assert not moved[:, [1, 3]].any() and moved[:, [0, 2]].all()
     delta = (weight.detach() - before) * (before.abs() < 2e-3)
-    assert torch.allclose(model.lrlab_penalty(None), 0.5 * torch.linalg.matrix_norm(delta, ord="nuc"))
+    assert torch.allclose(model.lrlab_penalty(None, None, None), 0.5 * torch.linalg.matrix_norm(delta, ord="nuc"))
 
 
 def test_reselection_follows_the_current_weights():

@@ -6,10 +6,22 @@ optimizer is built:
     model = apply(model, **cfg)
 
 It returns the (possibly wrapped) model with `requires_grad` set on exactly what trains.
-An adapter may also return an object with extra hooks by attaching them to the model:
-`model.lrlab_hooks` (a list of callables `hook(task, step)` run after every optimizer step,
-e.g. AdaLoRA's rank allocation) and `model.lrlab_penalty` (a callable `(task) -> Tensor`
-added to the loss, e.g. AdaLoRA's orthogonality penalty).
+An adapter may attach optional hooks to the model; the task calls them, so `train.py` stays
+method-agnostic:
+
+- `model.lrlab_init_hooks`: callables `hook(task, train_loader)` run once at the start of
+  `fit` (in the task's `setup`), after the data is set up and BEFORE the optimizer is built,
+  with the model on the training device. For data-driven initialisations that may change the
+  parameter set (EVA redistributes ranks). On a resume they run again on the same batches
+  (same shapes), then the checkpoint's weights are loaded over them.
+- `model.lrlab_hooks`: callables `hook(task, step)` run after every optimizer step (AdaLoRA's
+  and IncreLoRA's rank allocation, SaRA's re-selection).
+- `model.lrlab_penalty`: a callable `penalty(task, outputs, batch) -> Tensor` added to the
+  training loss; `outputs` is the task's forward output for `batch` (`logits`, `loss`), so a
+  penalty can use the current batch's predictions (BA-LoRA) or ignore them (AdaLoRA).
+- `model.lrlab_trainable_params`: a callable `() -> int`; when present the run summary's
+  `trainable_params` is its value instead of the count of `requires_grad` parameters (for
+  adapters whose parameters are preallocated but only partly active, IncreLoRA).
 """
 
 from torch import nn

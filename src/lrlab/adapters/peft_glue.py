@@ -73,7 +73,7 @@ def adalora(model: nn.Module, target_modules: list[str], total_steps: int, init_
         # AdaLoRA's sensitivity needs the gradients of this step, so it runs before they are zeroed.
         tuner.update_and_allocate(step)
 
-    def orthogonality(task) -> torch.Tensor:
+    def orthogonality(task, outputs, batch) -> torch.Tensor:
         total = 0.0
         for name, param in model.named_parameters():
             if ("lora_A" in name or "lora_B" in name) and param.requires_grad:

@@ -45,7 +45,7 @@ def apply(model: nn.Module, target_modules: list[str], threshold: float = 2e-3, 
     require(bool(masks), "adapter.target_modules", target_modules, "names of nn.Linear modules in the model")
     generator = torch.Generator().manual_seed(seed)
 
-    def penalty(task) -> torch.Tensor:
+    def penalty(task, outputs, batch) -> torch.Tensor:
         chosen = masks[int(torch.randint(len(masks), (1,), generator=generator))]
         return nuclear_weight * chosen.nuclear()
 

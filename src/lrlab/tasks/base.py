@@ -57,6 +57,18 @@ class BaseTask(L.LightningModule):
         dm = self.trainer.datamodule
         for reg in self.regularizers:
             reg.setup(dm.num_train_samples, getattr(dm, "num_classes", 0))
+        if stage == "fit":
+            self.run_init_hooks(dm)
+
+    def run_init_hooks(self, datamodule) -> None:
+        """Data-driven adapter initialisation (`model.lrlab_init_hooks`, e.g. EVA), before the
+        optimizer is built, on the device training will use."""
+        hooks = getattr(self.model, "lrlab_init_hooks", ())
+        if not hooks:
+            return
+        self.model.to(self.trainer.strategy.root_device)
+        for hook in hooks:
+            hook(self, datamodule.train_dataloader())
 
     def regularized_loss(self, outputs: dict, batch: dict) -> torch.Tensor:
         loss = outputs["loss"]
@@ -69,7 +81,7 @@ class BaseTask(L.LightningModule):
                 self.log(f"train/reg_{type(reg).__name__.lower()}", value.detach(), on_step=True, on_epoch=False)
         penalty = getattr(self.model, "lrlab_penalty", None)
         if penalty is not None:
-            loss = loss + penalty(self)
+            loss = loss + penalty(self, outputs, batch)
         return loss
 
     def feature_hook(self):
