@@ -1,0 +1,64 @@
+"""EVA: LoRA initialised by Explained Variance Adaptation (Paischer et al., 2024, "One Initialization
+to Rule them All: Fine-tuning via Explained Variance Adaptation"), through PEFT.
+
+Init: for each adapted layer, an incremental SVD of its input activations on downstream training
+batches (PEFT `initialize_lora_eva_weights`, `IncrementalPCA` of the mean-centred inputs) runs
+until the top right singular vectors are stable (cosine >= `tau` between consecutive batches).
+A's rows are those right singular vectors, B = 0, so training starts at the pre-trained
+function. Rank redistribution: each layer may take up to `rho * r` components; the total budget
+`r * layers` goes to the components with the largest explained-variance ratio over all layers
+(`rho = 1`: every layer keeps r). PEFT rescales alpha by new_rank / r.
+
+How it plugs in: the init needs downstream batches, so `apply` returns the PEFT model with an
+init hook (`model.lrlab_init_hooks`, see `lrlab.adapters.base`) that the task runs once at the
+start of `fit` with the train loader, before the optimizer is built (ranks change the parameter
+set). Batches are our `{"x", "y", ...}` dicts: the forward is `model(batch["x"])`; for token
+inputs (`x` a dict with `attention_mask`) only non-padding positions enter the SVD.
+"""
+
+import warnings
+
+import peft
+import torch
+from torch import nn
+
+from lrlab.adapters.peft_glue import _finish, _lora_config
+from lrlab.errors import require
+
+
+def forward(model: nn.Module, batch: dict):
+    return model(batch["x"])
+
+
+def token_mask(batch: dict, peft_config) -> torch.Tensor | None:
+    """Which positions of a layer's input enter the SVD: the attention mask, or all rows."""
+    x = batch["x"]
+    return x["attention_mask"].bool() if isinstance(x, dict) and "attention_mask" in x else None
+
+
+def layer_rows(layer_input, mask: torch.Tensor | None, layer_name: str) -> torch.Tensor:
+    """A layer's input as a 2-D (rows x features) matrix, padding positions dropped."""
+    h = layer_input[0] if isinstance(layer_input, (tuple, list)) else layer_input
+    if mask is not None and h.ndim == 3:
+        return h[mask]
+    return h.reshape(-1, h.shape[-1])
+
+
+def initialize(model: nn.Module, loader) -> None:
+    peft.initialize_lora_eva_weights(model, loader, forward_fn=forward, prepare_model_inputs_fn=token_mask,
+                                     prepare_layer_inputs_fn=layer_rows, show_progress_bar=False)
+
+
+def apply(model: nn.Module, target_modules: list[str], r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+          rho: float = 2.0, tau: float = 0.99, train_also: tuple[str, ...] = ()) -> nn.Module:
+    require(rho >= 1, "adapter.rho", rho, "a number >= 1 (the largest rank a layer may take is rho * r)")
+    require(0 < tau <= 1, "adapter.tau", tau, "a cosine threshold in (0, 1]")
+    config = _lora_config(r, alpha, dropout, target_modules, init_lora_weights="eva",
+                          eva_config=peft.EvaConfig(rho=rho, tau=tau))
+    with warnings.catch_warnings():
+        # PEFT suggests meta-device LoRA weights until the init; they could not be moved to the
+        # training device before it, and next to the model they are small
+        warnings.filterwarnings("ignore", message="lora with eva initialization")
+        model = peft.get_peft_model(model, config)
+    model.lrlab_init_hooks = [lambda task, loader: initialize(model, loader)]
+    return _finish(model, list(train_also))
