@@ -12,6 +12,7 @@ LORA_8 = 8 * (64 + 256) + 8 * (256 + 256)
 @pytest.mark.parametrize("overrides, expected", [
     (["adapter=lora"], LORA_8 + HEAD),
     (["adapter=allora"], LORA_8 + HEAD),
+    (["adapter=ba_lora"], LORA_8 + HEAD),
     (["adapter=adalora"], 12 * (64 + 256 + 1) + 12 * (256 + 256 + 1) + HEAD),
     (["adapter=lift", "optimizer=lift"], 64 * 256 + 256 * 256 + HEAD),
 ])
