@@ -13,6 +13,8 @@ LORA_8 = 8 * (64 + 256) + 8 * (256 + 256)
     (["adapter=lora"], LORA_8 + HEAD),
     (["adapter=allora"], LORA_8 + HEAD),
     (["adapter=ba_lora"], LORA_8 + HEAD),
+    # hooks see the 0-based step just taken: ranks grow after steps 2 and 4 of 0..5
+    (["adapter=increlora", "adapter.interval=2"], 3 * (64 + 256 + 1) + 3 * (256 + 256 + 1) + HEAD),
     (["adapter=adalora"], 12 * (64 + 256 + 1) + 12 * (256 + 256 + 1) + HEAD),
     (["adapter=lift", "optimizer=lift"], 64 * 256 + 256 * 256 + HEAD),
 ])

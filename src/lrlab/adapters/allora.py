@@ -68,9 +68,14 @@ def apply(model: nn.Module, target_modules: list[str], r: int = 8, eta: float = 
     return _finish(model, list(train_also))
 
 
-def merge(model: nn.Module) -> nn.Module:
+def _merge(model: nn.Module, kind: type) -> nn.Module:
+    """Replace every `kind` module by its `merged()` plain linear."""
     for name, module in list(model.named_modules()):
-        if isinstance(module, ALLoRALinear):
+        if isinstance(module, kind):
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, module.merged())
     return model
+
+
+def merge(model: nn.Module) -> nn.Module:
+    return _merge(model, ALLoRALinear)

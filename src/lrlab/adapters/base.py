@@ -14,8 +14,9 @@ method-agnostic:
   with the model on the training device. For data-driven initialisations that may change the
   parameter set (EVA redistributes ranks). On a resume they run again on the same batches
   (same shapes), then the checkpoint's weights are loaded over them.
-- `model.lrlab_hooks`: callables `hook(task, step)` run after every optimizer step (AdaLoRA's
-  and IncreLoRA's rank allocation, SaRA's re-selection).
+- `model.lrlab_hooks`: callables `hook(task, step)` run after every optimizer step, `step` the
+  0-based index of the step just taken (AdaLoRA's and IncreLoRA's rank allocation, SaRA's
+  re-selection).
 - `model.lrlab_penalty`: a callable `penalty(task, outputs, batch) -> Tensor` added to the
   training loss; `outputs` is the task's forward output for `batch` (`logits`, `loss`), so a
   penalty can use the current batch's predictions (BA-LoRA) or ignore them (AdaLoRA).
