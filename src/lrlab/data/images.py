@@ -2,7 +2,9 @@
 
 Images are float tensors [1, H, W] scaled to [0, 1] and standardised with the training
 split's mean and std. Every classification module takes a `noise` option
-({kind, rate, seed}); the clean labels travel in the batch as `y_clean`.
+({kind, rate, seed}); the clean labels travel in the batch as `y_clean`. `classes` (e.g.
+[5, 6, 7, 8, 9]) keeps only those classes, relabelled 0..k-1 in the order given (the fine-tuning
+half of a pretrained-then-fine-tuned miniature).
 """
 
 import gzip
@@ -33,13 +35,21 @@ class ClassificationDataModule(BaseDataModule):
     """Splits arrays into train/val, standardises, and applies label noise to train only."""
 
     num_classes: int
+    in_channels = 1  # grayscale images
 
     def __init__(self, val_fraction: float = 0.2, train_limit: int | None = None,
-                 noise: dict | None = None, **kwargs):
+                 noise: dict | None = None, classes: list[int] | None = None, **kwargs):
         super().__init__(**kwargs)
         require(0 < val_fraction < 1, "data.val_fraction", val_fraction, "must be in (0, 1)")
         self.val_fraction, self.train_limit = val_fraction, train_limit
         self.noise = dict(noise or {"kind": "none", "rate": 0.0, "seed": 0})
+        self.classes = None if classes is None else list(classes)
+        if self.classes is not None:
+            every = range(self.num_classes)
+            require(len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)
+                    and all(c in every for c in self.classes), "data.classes", self.classes,
+                    f"null or at least 2 distinct labels in 0..{self.num_classes - 1}")
+            self.num_classes = len(self.classes)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(x_train, y_train, x_val, y_val); x_val None means split off `val_fraction`."""
@@ -47,6 +57,10 @@ class ClassificationDataModule(BaseDataModule):
 
     def build(self):
         x, y, x_val, y_val = self.arrays()
+        if self.classes is not None:
+            x, y = select_classes(x, y, self.classes)
+            if x_val is not None:
+                x_val, y_val = select_classes(x_val, y_val, self.classes)
         x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
         if x_val is None:
             order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.seed))
@@ -60,6 +74,14 @@ class ClassificationDataModule(BaseDataModule):
         x, x_val = (x - mean) / std, (x_val - mean) / std
         noisy = corrupt(y, self.num_classes, **self.noise)
         return TensorClassification(x, noisy, y), TensorClassification(x_val, y_val, y_val)
+
+
+def select_classes(x: np.ndarray, y: np.ndarray, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The samples of `classes`, labelled by their position in `classes`."""
+    keep = np.isin(y, classes)
+    position = np.full(int(y.max()) + 1, -1)
+    position[classes] = np.arange(len(classes))
+    return x[keep], position[y[keep]]
 
 
 class Digits(ClassificationDataModule):
