@@ -13,6 +13,26 @@ def test_principal_mask_on_a_hand_made_matrix():
     assert index.tolist() == [3, 5]  # -6 and 3 (flattened positions)
 
 
+def test_magnitude_mask_takes_the_largest_entries_of_w_itself():
+    # |W| = [[3, 0.5], [2, 2.5]] while its rank-1 approximation ranks the entries differently
+    weight = torch.tensor([[3.0, -0.5], [-2.0, 2.5]])
+    assert lift.magnitude_mask(weight, filter_rank=1, budget=2).tolist() == [0, 3]
+    assert lift.principal_mask(weight, filter_rank=1, budget=2).tolist() != [0, 3]
+
+
+def test_magnitude_selection_moves_only_the_largest_weights():
+    torch.manual_seed(0)
+    model = lift.apply(mlp(16, 3, hidden=(32, 32)), ["body.1"], lora_rank=2, select="magnitude")
+    weight = model.body[1].weight
+    before = weight.detach().clone()
+    opt = lift.build(model, lr=1e-2, refresh_every=1000)
+    torch.nn.functional.cross_entropy(model(torch.randn(8, 16))["logits"], torch.randint(0, 3, (8,))).backward()
+    opt.step()
+    largest = torch.topk(before.abs().flatten(), (32 + 16) * 2).indices
+    changed = (weight.detach() != before).flatten().nonzero().squeeze(1)
+    assert set(changed.tolist()) <= set(largest.tolist()) and changed.numel() > 0
+
+
 def _model():
     torch.manual_seed(0)
     return lift.apply(mlp(16, 3, hidden=(32, 32)), ["body.1"], lora_rank=2, filter_rank=4, train_also=("head",))
@@ -62,3 +82,5 @@ def test_refresh_keeps_moments_of_surviving_entries():
 def test_lift_optimizer_needs_the_adapter():
     with pytest.raises(ConfigError):
         lift.build(mlp(16, 3, hidden=(8,)))
+    with pytest.raises(ConfigError):
+        lift.apply(mlp(16, 3, hidden=(8,)), ["body.1"], select="random")

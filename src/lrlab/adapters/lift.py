@@ -7,6 +7,9 @@ LoRA). Update: AdamW on the masked entries only; the moments are stored for thos
 not for the full matrix. Every `refresh_every` steps the mask is recomputed from the current
 weight; moments of entries kept by both masks carry over, new entries start from zero.
 
+Baseline: `select: magnitude` keeps the K entries of largest |W| itself (plain magnitude-sparse
+fine-tuning at the same budget, no rank reduction); everything else is the same.
+
 How it plugs in: LIFT is an adapter + optimizer pair. `apply` (the adapter) marks the target
 weights and `train_also` modules trainable and records the targets on `model.lrlab_lift`; the
 optimizer builder `build` (config `conf/optimizer/lift.yaml`) reads them, runs masked AdamW on
@@ -20,17 +23,29 @@ from lrlab.adapters.peft_glue import _finish
 from lrlab.errors import require
 
 
+def _largest(values: torch.Tensor, budget: int) -> torch.Tensor:
+    return torch.topk(values.abs().flatten(), min(budget, values.numel())).indices.sort().values
+
+
 def principal_mask(weight: torch.Tensor, filter_rank: int, budget: int) -> torch.Tensor:
     """Flat indices of the `budget` largest |entries| of the rank-`filter_rank` approximation."""
     u, s, vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
-    approx = (u[:, :filter_rank] * s[:filter_rank]) @ vh[:filter_rank]
-    return torch.topk(approx.abs().flatten(), min(budget, weight.numel())).indices.sort().values
+    return _largest((u[:, :filter_rank] * s[:filter_rank]) @ vh[:filter_rank], budget)
+
+
+def magnitude_mask(weight: torch.Tensor, filter_rank: int, budget: int) -> torch.Tensor:
+    """Flat indices of the `budget` largest |entries| of W itself (`filter_rank` unused)."""
+    return _largest(weight.detach(), budget)
+
+
+MASKS = {"principal": principal_mask, "magnitude": magnitude_mask}
 
 
 def apply(model: nn.Module, target_modules: list[str], lora_rank: int = 8, filter_rank: int = 8,
-          train_also: tuple[str, ...] = ()) -> nn.Module:
+          select: str = "principal", train_also: tuple[str, ...] = ()) -> nn.Module:
     require(lora_rank >= 1, "adapter.lora_rank", lora_rank, "an integer >= 1")
     require(filter_rank >= 1, "adapter.filter_rank", filter_rank, "an integer >= 1")
+    require(select in MASKS, "adapter.select", select, f"one of {', '.join(MASKS)}")
     model.requires_grad_(False)
     targets = {}
     for name, module in model.named_modules():
@@ -38,7 +53,7 @@ def apply(model: nn.Module, target_modules: list[str], lora_rank: int = 8, filte
             module.weight.requires_grad_(True)
             targets[module.weight] = (module.weight.shape[0] + module.weight.shape[1]) * lora_rank
     require(bool(targets), "adapter.target_modules", target_modules, "names of nn.Linear modules in the model")
-    model.lrlab_lift = {"budgets": targets, "filter_rank": filter_rank}
+    model.lrlab_lift = {"budgets": targets, "filter_rank": filter_rank, "select": select}
     return _finish(model, list(train_also))
 
 
@@ -46,12 +61,13 @@ class MaskedAdamW(torch.optim.Optimizer):
     """AdamW whose masked parameters keep moments only for their `budget` selected entries."""
 
     def __init__(self, params, budgets: dict, filter_rank: int, lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
-                 weight_decay=0.0, refresh_every=100):
+                 weight_decay=0.0, refresh_every=100, select: str = "principal"):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.budgets, self.filter_rank, self.refresh_every = budgets, filter_rank, refresh_every
+        self.mask = MASKS[select]
 
     def _refresh(self, param, state):
-        new = principal_mask(param, self.filter_rank, self.budgets[param]).to(param.device)
+        new = self.mask(param, self.filter_rank, self.budgets[param]).to(param.device)
         moments = (torch.zeros(new.numel(), device=param.device, dtype=param.dtype) for _ in range(2))
         exp_avg, exp_avg_sq = moments
         if "index" in state:
@@ -101,4 +117,4 @@ def build(model: nn.Module, lr: float = 1e-4, betas=(0.9, 0.999), eps: float = 1
     require(refresh_every >= 1, "optimizer.refresh_every", refresh_every, "an integer >= 1")
     params = [p for p in model.parameters() if p.requires_grad]
     return MaskedAdamW(params, spec["budgets"], spec["filter_rank"], lr=lr, betas=tuple(betas), eps=eps,
-                       weight_decay=weight_decay, refresh_every=refresh_every)
+                       weight_decay=weight_decay, refresh_every=refresh_every, select=spec["select"])
