@@ -23,3 +23,15 @@ def test_adapter_trains_through_the_runner(make_cfg, overrides, expected):
     assert summary["status"] == "completed"
     assert summary["trainable_params"] == expected
     assert summary["steps"] == 6
+
+
+def test_eva_ranks_redistributed_at_fit_start_are_all_in_the_optimizer(make_cfg):
+    # a 6-wide first layer makes the second layer's inputs far more concentrated than the pixels,
+    # so EVA moves rank there: body.1 (64 -> 6) gets 1, body.3 (6 -> 64) gets 3 of the budget 2 x 2
+    summary = run(make_cfg(DIGITS, "debug=smoke", "model.hidden=[6,64]", "adapter=eva", "adapter.r=2",
+                           "adapter.tau=0.5"))
+    assert summary["status"] == "completed"
+    assert summary["trainable_params"] == 1 * (64 + 6) + 3 * (6 + 64) + (64 * 10 + 10)
+    tensors = 2 * 2 + 2  # lora_A, lora_B per layer; head weight and bias
+    # AdamW state: exp_avg and exp_avg_sq (fp32) per trainable entry plus a 4-byte step per tensor
+    assert summary["optimizer_state_bytes"] == 8 * summary["trainable_params"] + 4 * tensors
