@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,7 @@ def test_fast_dev_run_each_task(make_cfg, base):
 
 
 def test_claims_grid_reuses_completed_runs(tmp_path):
-    from lrlab.report.claims import run_grid
+    from lrlab.report.claims import first_step, last_logged, run_grid
 
     grid = {"digits": [DIGITS, "debug=smoke", "logger=none"]}
     first = run_grid(grid, [0], str(tmp_path), progress=lambda _: None)["digits"][0]
@@ -120,6 +121,8 @@ def test_claims_grid_reuses_completed_runs(tmp_path):
     written = summary.stat().st_mtime_ns
     again = run_grid(grid, [0], str(tmp_path), progress=lambda _: None)["digits"][0]
     assert again == first and summary.stat().st_mtime_ns == written
+    assert first_step(first, "val/acc", 0.0) == 3  # the first validation, after 3 steps
+    assert 0.0 <= last_logged(first, "train/loss") < 10 and math.isnan(last_logged(first, "no/such")) and math.isnan(first_step(first, "val/acc", 1.1))
     changed = {"digits": [DIGITS, "debug=smoke", "logger=none", "optimizer.lr=0.5"]}
     with pytest.raises(ConfigError, match="holds a run of another config"):
         run_grid(changed, [0], str(tmp_path), progress=lambda _: None)

@@ -9,10 +9,10 @@ from torch import nn
 
 
 class Classifier(nn.Module):
-    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int):
+    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int, bias: bool = True):
         super().__init__()
         self.body = body
-        self.head = nn.Linear(feature_dim, num_classes)
+        self.head = nn.Linear(feature_dim, num_classes, bias=bias)
 
     def forward(self, x: torch.Tensor, feature_hook=None) -> dict:
         features = self.body(x)
@@ -22,15 +22,16 @@ class Classifier(nn.Module):
 
 
 def mlp(input_dim: int, num_classes: int, hidden: tuple[int, ...] = (256, 256), dropout: float = 0.0,
-        activation: str = "relu") -> Classifier:
+        activation: str = "relu", bias: bool = True) -> Classifier:
+    """`bias: false` drops every bias, as the grokking reference MLP does."""
     act = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}[activation]
     layers, width = [nn.Flatten()], input_dim
     for h in hidden:
-        layers += [nn.Linear(width, h), act()]
+        layers += [nn.Linear(width, h, bias=bias), act()]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         width = h
-    return Classifier(nn.Sequential(*layers), width, num_classes)
+    return Classifier(nn.Sequential(*layers), width, num_classes, bias)
 
 
 def cnn(in_channels: int, num_classes: int, channels: tuple[int, ...] = (32, 64), dropout: float = 0.0) -> Classifier:

@@ -6,6 +6,7 @@ with the same runner as `lrlab train`, reported as mean ± std over seeds. A rer
 its last checkpoint, so a stopped grid continues where it was.
 """
 
+import csv
 import json
 import re
 import statistics
@@ -26,7 +27,7 @@ def run_grid(grid: dict[str, list[str]], seeds: list[int], out_dir: str | None =
             run_dir = root / re.sub(r"[^A-Za-z0-9_.-]+", "_", label) / f"seed{seed}"
             cfg = compose([*overrides, f"seed={seed}", "logger=csv", "resume=auto"], run_dir=str(run_dir))
             summary = finished(run_dir, cfg) or run(cfg)
-            results.setdefault(label, []).append(summary)
+            results.setdefault(label, []).append({**summary, "run_dir": str(run_dir)})
             progress(f"  {label} seed {seed}: {summary['metrics']['final']}")
     return results
 
@@ -41,6 +42,22 @@ def finished(run_dir: Path, cfg) -> dict | None:
     require(summary["config_hash"] == config_hash(cfg), "out", str(run_dir),
             "holds a run of another config: choose another output folder")
     return summary if summary["status"] == "completed" else None
+
+
+def logged(summary: dict, metric: str) -> list[tuple[int, float]]:
+    """(steps taken, value) of every logged `metric`, read from the run's `csv/metrics.csv`."""
+    with open(Path(summary["run_dir"]) / "csv" / "metrics.csv") as rows:
+        return [(int(row["step"]) + 1, float(row[metric])) for row in csv.DictReader(rows) if row.get(metric)]
+
+
+def first_step(summary: dict, metric: str, threshold: float) -> float:
+    """The first logged step at which `metric` reached `threshold` (nan if it never did)."""
+    return next((float(step) for step, value in logged(summary, metric) if value >= threshold), float("nan"))
+
+
+def last_logged(summary: dict, metric: str) -> float:
+    values = logged(summary, metric)
+    return values[-1][1] if values else float("nan")
 
 
 def mean_std(values: list[float], digits: int = 4) -> str:
