@@ -35,3 +35,14 @@ def test_eva_ranks_redistributed_at_fit_start_are_all_in_the_optimizer(make_cfg)
     tensors = 2 * 2 + 2  # lora_A, lora_B per layer; head weight and bias
     # AdamW state: exp_avg and exp_avg_sq (fp32) per trainable entry plus a 4-byte step per tensor
     assert summary["optimizer_state_bytes"] == 8 * summary["trainable_params"] + 4 * tensors
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("lora/digits_pretrained_mlp_lora", LORA_8 + 256 * 5 + 5),  # the new head has the 5 fine-tuning classes
+    # conv LoRA r=4: A is a 3x3 conv to 4 channels, B a 1x1 conv back; + head Linear(64, 5)
+    ("lora/digits_pretrained_cnn_lora", (4 * 1 * 9 + 32 * 4) + (4 * 32 * 9 + 64 * 4) + 64 * 5 + 5),
+])
+def test_pretrained_miniature_fine_tunes_on_new_classes(make_cfg, preset, expected):
+    summary = run(make_cfg(f"experiment={preset}", "debug=smoke"))
+    assert summary["status"] == "completed"
+    assert summary["trainable_params"] == expected
