@@ -46,3 +46,16 @@ def test_minilm_features_are_masked_means():
         padded = model(x)["features"][0]
         alone = model({k: v[:1, : int(batch["attention_mask"][0].sum())] for k, v in x.items()})["features"][0]
     assert torch.allclose(padded, alone, atol=1e-5)
+
+
+def test_galore_full_fine_tuning_of_minilm_projects_every_bert_linear(make_cfg, wordnet):
+    from lrlab.models.minilm import build
+    from lrlab.optim.routing import split_params
+
+    cfg = make_cfg("experiment=galore/minilm_wordnet", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                   "trainer.limit_val_batches=1", "data.per_class=3")
+    projected, regular = split_params(build(num_classes=45), cfg.optimizer.target_modules)
+    assert len(projected) == 6 * 6  # query, key, value, attention.output.dense, intermediate.dense, output.dense
+    assert not any("head" in name or "pooler" in name for name, _ in projected)
+    summary = run(cfg)
+    assert summary["status"] == "completed" and summary["trainable_params"] > 22_000_000
