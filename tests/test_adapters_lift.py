@@ -53,6 +53,7 @@ def test_only_masked_entries_move_and_moments_are_sparse():
     changed = (model.body[1].weight.detach() != before).flatten().nonzero().squeeze(1)
     assert set(changed.tolist()) <= set(state["index"].tolist()) and changed.numel() > budget // 2
     assert opt.state[model.head.weight]["exp_avg"].numel() == model.head.weight.numel()
+    assert model.lrlab_trainable_params() == budget + 32 * 3 + 3  # K entries of body.1, the whole head
     assert not model.body[3].weight.requires_grad
 
 

@@ -14,7 +14,7 @@ def _model():
 
 def test_only_small_weights_move_and_penalty_is_nuclear():
     model = sara.apply(_model(), ["body.1"], threshold=2e-3, nuclear_weight=0.5)
-    assert model.lrlab_sara_trainable() == 6
+    assert model.lrlab_trainable_params() == 6
     weight = model.body[1].weight
     before = weight.detach().clone()
     opt = torch.optim.SGD([weight], lr=0.1)
@@ -31,6 +31,6 @@ def test_reselection_follows_the_current_weights():
     with torch.no_grad():
         model.body[1].weight[:, 0] = 1.0
     model.lrlab_hooks[0](None, 4)
-    assert model.lrlab_sara_trainable() == 6
+    assert model.lrlab_trainable_params() == 6
     model.lrlab_hooks[0](None, 5)
-    assert model.lrlab_sara_trainable() == 3
+    assert model.lrlab_trainable_params() == 3

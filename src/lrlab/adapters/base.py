@@ -21,11 +21,18 @@ method-agnostic:
   training loss; `outputs` is the task's forward output for `batch` (`logits`, `loss`), so a
   penalty can use the current batch's predictions (BA-LoRA) or ignore them (AdaLoRA).
 - `model.lrlab_trainable_params`: a callable `() -> int`; when present the run summary's
-  `trainable_params` is its value instead of the count of `requires_grad` parameters (for
-  adapters whose parameters are preallocated but only partly active, IncreLoRA).
+  `trainable_params` is its value instead of the count of `requires_grad` parameters: the
+  entries that can change, for adapters that train only part of a tensor (IncreLoRA's active
+  ranks, LIFT's budget, SaRA's mask). `trainable_count` builds it.
 """
 
 from torch import nn
+
+
+def trainable_count(model: nn.Module, partial: dict) -> int:
+    """Every `requires_grad` parameter in full, except those in `partial` (parameter -> the number
+    of its entries that train)."""
+    return int(sum(partial[p] if p in partial else p.numel() for p in model.parameters() if p.requires_grad))
 
 
 def none(model: nn.Module) -> nn.Module:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrlab.adapters.allora import _merge, _replace
+from lrlab.adapters.base import trainable_count
 from lrlab.adapters.peft_glue import _finish
 from lrlab.errors import require
 
@@ -84,8 +85,10 @@ class IncreLoRALinear(nn.Module):
         eye = torch.eye(self.rank, device=q.device, dtype=q.dtype)
         return torch.linalg.norm(q @ q.T - eye, "fro") + torch.linalg.norm(p.T @ p - eye, "fro")
 
-    def active_params(self) -> int:
-        return self.rank * (self.base.in_features + self.base.out_features + 1)
+    def active_entries(self) -> dict:
+        """Trainable entries of each factor: those of the active ranks."""
+        return {self.lora_A: self.rank * self.base.in_features, self.lora_E: self.rank,
+                self.lora_B: self.base.out_features * self.rank}
 
     def merged(self) -> nn.Linear:
         merged = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
@@ -141,15 +144,9 @@ def apply(model: nn.Module, target_modules: list[str], init_r: int = 1, target_r
     model.lrlab_hooks = [Allocator(layers, target_r * len(layers), interval, top_h, warmup, beta1, beta2)]
     model.lrlab_penalty = lambda task, outputs, batch: orth_reg_weight * (
         sum(layer.orthogonality() for layer in layers) / (2 * len(layers)))
-    model.lrlab_trainable_params = lambda: trainable_params(model, layers)
+    model.lrlab_trainable_params = lambda: trainable_count(
+        model, {p: n for layer in layers for p, n in layer.active_entries().items()})
     return model
-
-
-def trainable_params(model: nn.Module, layers: list[IncreLoRALinear]) -> int:
-    """Active ranks of the adapted layers plus every other trainable parameter."""
-    factors = {id(p) for layer in layers for p in (layer.lora_A, layer.lora_E, layer.lora_B)}
-    others = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in factors)
-    return others + sum(layer.active_params() for layer in layers)
 
 
 def merge(model: nn.Module) -> nn.Module:

@@ -7,13 +7,14 @@ Penalty: `model.lrlab_penalty` adds `nuclear_weight` * ||(W - W_0) * mask||_* fo
 drawn at random each call (a low-rank constraint on the sparse update, at one SVD per step).
 Re-selection: every `reselect_every` steps the mask becomes |W| < threshold on the current
 weights, so entries that grew out of the small range stop training and newly small ones start.
-The run summary's `trainable_params` counts whole target matrices (their grads are masked,
-not their storage); `model.lrlab_sara_trainable()` gives the masked count.
+The run summary's `trainable_params` counts the masked entries (at the time of writing, since
+re-selection changes them) plus the other trainable parameters (`model.lrlab_trainable_params`).
 """
 
 import torch
 from torch import nn
 
+from lrlab.adapters.base import trainable_count
 from lrlab.adapters.peft_glue import _finish
 from lrlab.errors import require
 
@@ -56,5 +57,5 @@ def apply(model: nn.Module, target_modules: list[str], threshold: float = 2e-3, 
 
     model.lrlab_penalty = penalty
     model.lrlab_hooks = [reselect]
-    model.lrlab_sara_trainable = lambda: int(sum(m.mask.sum().item() for m in masks))
+    model.lrlab_trainable_params = lambda: trainable_count(model, {m.weight: int(m.mask.sum()) for m in masks})
     return _finish(model, list(train_also))
