@@ -48,8 +48,10 @@ def test_first_build_pretrains_and_caches_later_builds_load(tmp_path, monkeypatc
 def test_the_cache_key_follows_the_settings():
     settings = {**pretrained.PRETRAIN_DEFAULTS, **SMALL}
     arch = {"input_dim": 64, "hidden": [32], "activation": "relu"}
-    assert pretrained.checkpoint_path("mlp", arch, settings) == pretrained.checkpoint_path("mlp", dict(arch), dict(settings))
-    assert pretrained.checkpoint_path("mlp", arch, settings) != pretrained.checkpoint_path("mlp", arch, {**settings, "steps": 41})
+    path = pretrained.checkpoint_path("mlp", arch, settings)
+    assert path == pretrained.checkpoint_path("mlp", dict(reversed(arch.items())), dict(settings))
+    assert path != pretrained.checkpoint_path("mlp", arch, {**settings, "steps": 41})
+    assert path != pretrained.checkpoint_path("cnn", arch, settings)
 
 
 def test_bad_pretraining_input_is_a_config_error():
