@@ -41,6 +41,7 @@ def main() -> None:
     lowrank = [f"optimizer.rank={args.rank}", "optimizer.update_proj_gap=50", "optimizer.lr=0.01"]
     grid = {
         "AdamW (lr 3e-3)": [*base, "optimizer=adamw", "optimizer.lr=3e-3"],
+        "AdamW (lr 1e-2)": [*base, "optimizer=adamw", "optimizer.lr=1e-2"],  # the low-rank runs' lr
         "GaLore (svd)": [*base, "optimizer=galore", *lowrank],
         "Fira": [*base, "optimizer=fira", *lowrank],
         "DCT": [*base, "optimizer=dct", *lowrank],
