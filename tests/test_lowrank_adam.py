@@ -27,10 +27,13 @@ def test_dct_matrix_is_orthonormal_dct2():
     assert torch.allclose(d @ d.T, torch.eye(12), atol=1e-5)
 
 
-@pytest.mark.parametrize("n", [7, 12, 64])
-def test_fft_dct_equals_the_matrix(n):
-    x = torch.randn(5, n)
-    assert torch.allclose(projector.dct2(x), x @ dct_reference(n).T, atol=1e-5)
+@pytest.mark.parametrize("n", [1, 2, 7, 12, 64])
+@pytest.mark.parametrize("dim", [0, 1])
+def test_fft_dct_scores_equal_the_matrix(n, dim, monkeypatch):
+    monkeypatch.setattr(projector, "DCT_BLOCK", 3 * n)  # several blocks, the last one short
+    x = torch.randn(n, 11) if dim == 0 else torch.randn(11, n)
+    expected = (dct_reference(n) @ x).abs().sum(1) if dim == 0 else (x @ dct_reference(n).T).abs().sum(0)
+    assert torch.allclose(projector.dct_l1_scores(x, dim), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(30, 12), (12, 30)])

@@ -13,9 +13,10 @@ Bases (what P/Q are, recomputed from the current gradient at each refresh):
   small projected matrix (Halko et al. 2011).
 - `dct`: SVD-free (Modoranu et al. 2025): one orthonormal DCT-II matrix D per size (rows are
   the cosine frequencies), shared by all layers; S = G·Dᵀ (or D·G) — the DCT-II of G's rows
-  (columns), computed with an FFT (Makhoul's algorithm, the official code's fast path) — and
-  the r frequencies with the largest ℓ1 score are kept: Q = D[idx] (P = D[idx]ᵀ). Only the
-  int64 indices are stored per layer.
+  (columns) — and the r frequencies with the largest ℓ1 score are kept: Q = D[idx]
+  (P = D[idx]ᵀ). Only the int64 indices are stored per layer. The scores come from one real
+  FFT per block of G (Makhoul's algorithm, the official code's fast path; see `dct_l1_scores`),
+  S itself is never formed.
 - `random`: a seeded Gaussian matrix orthonormalised by QR.
 
 The projector is stateless: bases live as tensors in the optimizer state under the keys in
@@ -45,15 +46,44 @@ def dct_matrix(n: int, device: torch.device) -> torch.Tensor:
     return _DCT_CACHE[key]
 
 
-def dct2(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal DCT-II along the last dimension (= x·Dᵀ) in O(n log n) by one FFT (Makhoul 1980)."""
-    n = x.shape[-1]
-    reordered = torch.cat([x[..., ::2], x[..., 1::2].flip(-1)], dim=-1)
-    k = torch.arange(n, device=x.device, dtype=torch.float32)
-    twiddle = 2 * torch.exp(-1j * math.pi * k / (2 * n))
-    twiddle[0] /= math.sqrt(4 * n)
-    twiddle[1:] /= math.sqrt(2 * n)
-    return (torch.fft.fft(reordered, dim=-1) * twiddle).real
+_MAKHOUL_CACHE: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+DCT_BLOCK = 1 << 17  # elements of G transformed at once: the working set stays in cache
+
+
+def _makhoul(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Makhoul's reordering (x₀, x₂, x₄, …, x₅, x₃, x₁) and the scaled twiddles s_k·e^{−iπk/2n}
+    for k = 0 … n//2 (s₀ = 1/√n, s_k = √(2/n): the orthonormal DCT-II's row scales)."""
+    key = (n, str(device))
+    if key not in _MAKHOUL_CACHE:
+        order = torch.cat([torch.arange(0, n, 2), torch.arange(1, n, 2).flip(0)])
+        k = torch.arange(n // 2 + 1, dtype=torch.float64)
+        scale = torch.full_like(k, math.sqrt(2.0 / n))
+        scale[0] = math.sqrt(1.0 / n)
+        twiddle = (scale * torch.exp(-1j * math.pi * k / (2 * n))).to(torch.complex64)
+        _MAKHOUL_CACHE[key] = order.to(device), twiddle.to(device)
+    return _MAKHOUL_CACHE[key]
+
+
+def dct_l1_scores(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """ℓ1 norm of every frequency of the orthonormal DCT-II of `x` along `dim`, summed over the
+    other dimension: (D·x).abs().sum(1) for dim 0, (x·Dᵀ).abs().sum(0) for dim 1.
+
+    Makhoul (1980): with v = x reordered along `dim` and V = FFT(v), the DCT-II is
+    c_k = s_k·Re(V_k·e^{−iπk/2n}). For real x, V_{n−k} = conj(V_k), hence
+    c_{n−k} = −s_k·Im(V_k·e^{−iπk/2n}) (k ≥ 1): one rfft (n//2+1 bins) times the scaled twiddle
+    holds every frequency in its real and imaginary parts. `x` is transformed in blocks along
+    the other dimension, in its own memory layout (no transpose), so no full-size temporary is
+    allocated.
+    """
+    n = x.shape[dim]
+    half = n // 2 + 1
+    order, twiddle = _makhoul(n, x.device)
+    twiddle = twiddle if dim == 1 else twiddle.unsqueeze(1)
+    sums = torch.zeros(half, 2, device=x.device)
+    for block in x.split(max(1, DCT_BLOCK // n), dim=1 - dim):
+        spectrum = torch.fft.rfft(block.index_select(dim, order), dim=dim).mul_(twiddle)
+        sums += torch.view_as_real(spectrum).abs().sum(dim=1 - dim)
+    return torch.cat([sums[:, 0], sums[1:n - half + 1, 1].flip(0)])
 
 
 def resolve_side(shape: torch.Size, proj_type: str) -> str:
@@ -89,8 +119,8 @@ def _top_left(grad: torch.Tensor, rank: int, basis: str, generator: torch.Genera
 def _top_dct(grad: torch.Tensor, rank: int, side: str) -> torch.Tensor:
     """Indices of the r DCT frequencies with the largest ℓ1 score over G's rows (right side)
     or columns (left side)."""
-    spectrum = dct2(grad) if side == "right" else dct2(grad.T)
-    return torch.topk(spectrum.abs().sum(dim=0), rank, sorted=True).indices
+    scores = dct_l1_scores(grad, 1 if side == "right" else 0)
+    return torch.topk(scores, rank, sorted=True).indices
 
 
 def refresh(grad: torch.Tensor, rank: int, proj_type: str, basis: str, seed: int = 0,
