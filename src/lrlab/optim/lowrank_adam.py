@@ -21,9 +21,15 @@ rotation, which keeps it non-negative — our choice, the papers leave it open).
 Groups without `rank` get the same Adam math unprojected (AdamW inside the same optimizer).
 State holds only tensors and ints; bases stay fp32 (int64 indices for `dct`) even when the
 weights are bf16, also after `load_state_dict`.
+
+Cost: the unprojected groups (embeddings, lm_head: most of an LLM's parameters) go through
+torch's fused Adam kernel, one pass over each tensor (see `_dense_step`); a projected weight
+receives α·back(N) by one addmm_ into W (no full-size temporary), and the Fira/FRUGAL residual
+G − α·back(R) comes from one addmm.
 """
 
 import math
+from collections import defaultdict
 from collections.abc import Callable
 
 import torch
@@ -56,13 +62,13 @@ class LowRankAdamW(torch.optim.Optimizer):
     def step(self, closure: Callable | None = None):
         loss = evaluate_closure(closure)
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if "rank" in group:
+            params = [p for p in group["params"] if p.grad is not None]
+            if "rank" in group:
+                for p in params:
                     _projected_step(p, self.state[p], group)
-                else:
-                    _dense_step(p, self.state[p], group)
+            else:
+                _dense_step(params, [self.state[p] for p in params], group)
+            _decay(params, group)
         return loss
 
 
@@ -77,19 +83,36 @@ def _adam(state: dict, grad: torch.Tensor, group: dict) -> tuple[torch.Tensor, f
     t = state["adam_step"]
     state["exp_avg"].mul_(beta1).add_(grad, alpha=1.0 - beta1)
     state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-    normalized = state["exp_avg"] / (state["exp_avg_sq"].sqrt().add_(group["eps"]))
-    return normalized, group["lr"] * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+    denom = state["exp_avg_sq"].sqrt().add_(group["eps"])
+    step_size = group["lr"] * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+    return torch.div(state["exp_avg"], denom, out=denom), step_size
 
 
-def _decay(p: torch.Tensor, group: dict) -> None:
-    if group["weight_decay"] > 0.0:
-        p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+def _decay(params: list[torch.Tensor], group: dict) -> None:
+    """W ← W − lr·wd·W, after the update (galore-torch's order)."""
+    if group["weight_decay"] > 0.0 and params:
+        torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])
 
 
-def _dense_step(p: torch.Tensor, state: dict, group: dict) -> None:
-    normalized, step_size = _adam(state, p.grad, group)
-    p.add_(normalized, alpha=-step_size)
-    _decay(p, group)
+def _dense_step(params: list[torch.Tensor], states: list[dict], group: dict) -> None:
+    """The Adam rule above on unprojected tensors, by torch's fused Adam kernel (one pass per
+    tensor). The kernel divides by √v/√(1−β2ᵗ) + ε'; with ε' = ε/√(1−β2ᵗ) its update
+    lr/(1−β1ᵗ)·m/(√v/√(1−β2ᵗ) + ε') is lr·√(1−β2ᵗ)/(1−β1ᵗ)·m/(√v + ε), as above. The kernel
+    takes one t (and one device and dtype) per call, hence the batches."""
+    beta1, beta2 = group["betas"]
+    batches = defaultdict(list)
+    for p, state in zip(params, states):
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+            state["adam_step"] = 0
+        state["adam_step"] += 1
+        batches[state["adam_step"], p.device, p.dtype].append((p, state))
+    for (t, device, _), batch in batches.items():
+        torch._fused_adam_([p for p, _ in batch], [p.grad for p, _ in batch], [s["exp_avg"] for _, s in batch],
+                           [s["exp_avg_sq"] for _, s in batch], [], [torch.tensor(float(t), device=device)] * len(batch),
+                           lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0,
+                           eps=group["eps"] / math.sqrt(1.0 - beta2 ** t), amsgrad=False, maximize=False)
 
 
 def _refresh(p: torch.Tensor, state: dict, grad: torch.Tensor, group: dict) -> None:
@@ -127,45 +150,52 @@ def _rewarm(state: dict, group: dict) -> float:
     return group["rewarm_start"] + (1.0 - group["rewarm_start"]) * progress
 
 
+def _add_back(p: torch.Tensor, low: torch.Tensor, left, right, alpha: float) -> None:
+    """p ← p + alpha·back(low); into an fp32 weight by one addmm_, without a full-size temporary."""
+    if p.dtype == torch.float32:
+        p.addmm_(*projector.back_factors(low, left, right), alpha=alpha)
+    else:
+        p.add_(projector.project_back(low, left, right), alpha=alpha)
+
+
 def _projected_step(p: torch.Tensor, state: dict, group: dict) -> None:
-    grad = p.grad.float()
+    grad = p.grad.float()  # the gradient itself when it is fp32
     state.setdefault("step", 0)
     if state["step"] % group["update_proj_gap"] == 0:
         _refresh(p, state, grad, group)
     left, right = projector.matrices(state, grad.shape)
     low = projector.project(grad, left, right)
     normalized, step_size = _adam(state, low, group)
-    step_size *= _rewarm(state, group)
-    scale = group["scale"]
-    update = projector.project_back(normalized, left, right) * scale
-    residual = group["residual"]
-    if residual in ("fira", "fira_paper"):
-        update = update + _fira_residual(grad, low, normalized, left, right, state, group)
-    elif residual == "frugal":
-        dropped = grad - projector.project_back(low, left, right)
-        p.add_(dropped.sign().to(p.dtype), alpha=-group["lr"] * group["residual_lr_scale"] * _rewarm(state, group))
-    p.add_(update.to(p.dtype), alpha=-step_size)
-    _decay(p, group)
+    rewarm = _rewarm(state, group)
+    step_size *= rewarm
+    if group["residual"] in ("fira", "fira_paper"):  # update = α·back(N) + factor·S, formed in S's buffer
+        update, factor = _fira_residual(grad, low, normalized, left, right, state, group)
+        update.addmm_(*projector.back_factors(normalized, left, right), beta=factor, alpha=group["scale"])
+        p.add_(update, alpha=-step_size)
+    else:
+        if group["residual"] == "frugal":
+            dropped = torch.addmm(grad, *projector.back_factors(low, left, right), alpha=-1.0)
+            p.add_(dropped.sign_(), alpha=-group["lr"] * group["residual_lr_scale"] * rewarm)
+        _add_back(p, normalized, left, right, alpha=-step_size * group["scale"])
     state["step"] += 1
 
 
-def _fira_residual(grad, low, normalized, left, right, state: dict, group: dict) -> torch.Tensor:
+def _fira_residual(grad, low, normalized, left, right, state: dict, group: dict) -> tuple[torch.Tensor, float]:
+    """S = φ ⊙ (G − α·back(R)) (`fira_paper`: G − back(R)) and the factor S enters the update
+    with: 1/limiter, times α for `fira_paper`."""
     scale, paper = group["scale"], group["residual"] == "fira_paper"
-    kept = projector.project_back(low, left, right)
-    dropped = grad - (kept if paper else scale * kept)
+    dropped = torch.addmm(grad, *projector.back_factors(low, left, right), alpha=-1.0 if paper else -scale)
     if normalized.shape[0] < normalized.shape[1]:
         factor = normalized.norm(dim=0) / (low.norm(dim=0) + 1e-8)
     else:
         factor = (normalized.norm(dim=1) / (low.norm(dim=1) + 1e-8)).unsqueeze(1)
-    scaled = dropped * factor
+    scaled = dropped.mul_(factor)
     norm = scaled.norm()
+    limiter = 1.0
     if "residual_norm" in state:
-        limiter = torch.clamp(norm / (state["residual_norm"] + 1e-8), min=FIRA_LIMIT) / FIRA_LIMIT
-        scaled = scaled / limiter
-        state["residual_norm"] = norm / limiter
-    else:
-        state["residual_norm"] = norm
-    return scaled * scale if paper else scaled
+        limiter = float(torch.clamp(norm / (state["residual_norm"] + 1e-8), min=FIRA_LIMIT) / FIRA_LIMIT)
+    state["residual_norm"] = norm / limiter
+    return scaled, (scale if paper else 1.0) / limiter
 
 
 def _bases_to_fp32(optimizer: torch.optim.Optimizer) -> None:
