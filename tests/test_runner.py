@@ -126,3 +126,12 @@ def test_claims_grid_reuses_completed_runs(tmp_path):
     changed = {"digits": [DIGITS, "debug=smoke", "logger=none", "optimizer.lr=0.5"]}
     with pytest.raises(ConfigError, match="holds a run of another config"):
         run_grid(changed, [0], str(tmp_path), progress=lambda _: None)
+
+
+def test_claims_mean_std_skips_unreached_and_prints_counts():
+    from lrlab.report.claims import mean_std
+
+    nan = float("nan")
+    assert mean_std([40.0, 50.0, nan]) == "45 ± 7.1 (2/3)"
+    assert mean_std([nan, nan]) == "— (0/2)"
+    assert mean_std([91053, 91053]) == "91,053" and mean_std([0.5]) == "0.5"

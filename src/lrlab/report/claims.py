@@ -8,6 +8,7 @@ its last checkpoint, so a stopped grid continues where it was.
 
 import csv
 import json
+import math
 import re
 import statistics
 import tempfile
@@ -61,9 +62,18 @@ def last_logged(summary: dict, metric: str) -> float:
 
 
 def mean_std(values: list[float], digits: int = 4) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}g}"
-    return f"{statistics.mean(values):.{digits}g} ± {statistics.stdev(values):.2g}"
+    """Mean ± std of the finite values; "(k/n)" when only k of n are finite (e.g. a threshold some
+    seeds never reach; "— (0/n)": none did); a count equal over seeds prints exactly (91,053)."""
+    done = [v for v in values if math.isfinite(v)]
+    if not done:
+        text = "—"
+    elif len(set(done)) == 1 and float(done[0]).is_integer():
+        text = f"{int(done[0]):,}"
+    elif len(done) == 1:
+        text = f"{done[0]:.{digits}g}"
+    else:
+        text = f"{statistics.mean(done):.{digits}g} ± {statistics.stdev(done):.2g}"
+    return text if len(done) == len(values) else f"{text} ({len(done)}/{len(values)})"
 
 
 def table(results: dict[str, list[dict]], columns: dict[str, Callable[[dict], float]]) -> str:
