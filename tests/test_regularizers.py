@@ -146,6 +146,13 @@ def test_per_sample_state_resumes_exactly(make_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["grokking/modadd_stablemax_orthograd", "grokking/modadd_softmax_wd",
-                                    "pskd/digits_mlp", "sd_guidance/digits_mlp"])
+                                    "pskd/digits_mlp", "sd_guidance/digits_mlp", "nuclear/digits_mlp"])
 def test_presets_smoke(make_cfg, preset):
     assert run(make_cfg(f"experiment={preset}", "debug=smoke"))["status"] == "completed"
+
+
+def test_heavy_wd_sets_decay_and_stacks_without_a_loss_term(make_cfg):
+    cfg = make_cfg("experiment=elr/mnist5k_sym40", "regularizer=[elr,heavy_wd]")
+    assert cfg.optimizer.weight_decay == 3.0 and list(cfg.regularizer) == ["elr"]
+    alone = make_cfg("experiment=heavy_wd/llama_tiny_cpu")
+    assert alone.optimizer.weight_decay == 3.0 and not alone.regularizer
