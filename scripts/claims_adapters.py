@@ -14,7 +14,7 @@ Parts (`--only`, default a b c; each prints its table when done):
      lexicographer classes (fetches WordNet; the slow part).
 
     python scripts/claims_adapters.py --out /tmp/claims/adapters        # a, b, c
-    python scripts/claims_adapters.py --only d --seeds 0 --out /tmp/claims/adapters
+    python scripts/claims_adapters.py --only d --seeds 0 --steps-minilm 100 --out /tmp/claims/adapters
 
 A rerun with the same `--out` reuses the completed runs (one folder per part, label and seed).
 The miniature's body is pretrained once (seed 0, cached); `--seeds` vary the fine-tuning:
