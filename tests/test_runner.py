@@ -135,3 +135,11 @@ def test_claims_mean_std_skips_unreached_and_prints_counts():
     assert mean_std([40.0, 50.0, nan]) == "45 ± 7.1 (2/3)"
     assert mean_std([nan, nan]) == "— (0/2)"
     assert mean_std([91053, 91053]) == "91,053" and mean_std([0.5]) == "0.5"
+
+
+def test_claims_labels_differing_only_in_symbols_get_their_own_folders():
+    from lrlab.report.claims import folder_names
+
+    names = folder_names({"CE + AdamW, wd 0": [], "CE + ⊥AdamW, wd 0": [], "ELR (β 0.7)": []})
+    assert names["CE + AdamW, wd 0"] == "CE_AdamW_wd_0" and names["ELR (β 0.7)"] == "ELR_0.7_"
+    assert names["CE + ⊥AdamW, wd 0"].startswith("CE_AdamW_wd_0_") and len(set(names.values())) == 3

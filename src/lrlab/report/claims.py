@@ -7,6 +7,7 @@ its last checkpoint, so a stopped grid continues where it was.
 """
 
 import csv
+import hashlib
 import json
 import math
 import re
@@ -23,14 +24,27 @@ def run_grid(grid: dict[str, list[str]], seeds: list[int], out_dir: str | None =
              progress: Callable[[str], None] = print) -> dict[str, list[dict]]:
     root = Path(out_dir or tempfile.mkdtemp(prefix="lrlab-claims-"))
     results: dict[str, list[dict]] = {}
-    for label, overrides in grid.items():
+    for label, folder in folder_names(grid).items():
+        overrides = grid[label]
         for seed in seeds:
-            run_dir = root / re.sub(r"[^A-Za-z0-9_.-]+", "_", label) / f"seed{seed}"
+            run_dir = root / folder / f"seed{seed}"
             cfg = compose([*overrides, f"seed={seed}", "logger=csv", "resume=auto"], run_dir=str(run_dir))
             summary = finished(run_dir, cfg) or run(cfg)
             results.setdefault(label, []).append({**summary, "run_dir": str(run_dir)})
             progress(f"  {label} seed {seed}: {summary['metrics']['final']}")
     return results
+
+
+def folder_names(grid: dict[str, list[str]]) -> dict[str, str]:
+    """A file-safe folder per label; a label whose safe form an earlier one already took (they
+    differ only in symbols, e.g. "AdamW" and "⊥AdamW") gets a short hash of itself appended."""
+    names: dict[str, str] = {}
+    for label in grid:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+        if name in names.values():
+            name += "_" + hashlib.sha256(label.encode()).hexdigest()[:8]
+        names[label] = name
+    return names
 
 
 def finished(run_dir: Path, cfg) -> dict | None:
