@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lrlab.callbacks.dynamics import collapsed_fraction, rankme
+from lrlab.callbacks.dynamics import collapsed_fraction, rankme, zero_loss_fraction
 from lrlab.train import run
 
 
@@ -18,6 +18,14 @@ def test_softmax_collapse_is_exact_zero_gradient():
     assert collapsed_fraction(logits, torch.tensor([0, 0, 0])) == pytest.approx(1 / 3)
 
 
+def test_zero_loss_comes_before_a_zero_gradient():
+    logits = torch.tensor([[30.0, 0.0], [200.0, 0.0], [5.0, 0.0]])
+    # a gap of 30: p_y = 1 in float32, so the loss is 0, but p_other ≈ 9e-14 is not 0
+    labels = torch.tensor([0, 0, 0])
+    assert zero_loss_fraction(logits, labels) == pytest.approx(2 / 3)
+    assert collapsed_fraction(logits, labels) == pytest.approx(1 / 3)
+
+
 def test_memorisation_and_rankme_reach_the_summary(make_cfg):
     summary = run(make_cfg("experiment=baseline/digits_mlp_adamw", "callbacks=noisy_labels", "debug=smoke",
                            "data.noise.kind=symmetric", "data.noise.rate=0.4"))
@@ -28,7 +36,7 @@ def test_memorisation_and_rankme_reach_the_summary(make_cfg):
 
 def test_softmax_collapse_logged_for_grokking(make_cfg):
     summary = run(make_cfg("experiment=grokking/modadd_softmax", "debug=smoke"))
-    assert 0 <= summary["metrics"]["final"]["val/softmax_collapse"] <= 1
+    assert 0 <= summary["metrics"]["final"]["val/softmax_collapse"] <= summary["metrics"]["final"]["val/zero_loss"] <= 1
 
 
 def test_spectra_per_layer_file_and_means(make_cfg, tmp_path):

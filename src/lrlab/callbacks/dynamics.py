@@ -3,7 +3,10 @@
 - `Memorisation`: over the noisy-label training samples (y ≠ y_clean), the fraction predicted
   as their noisy label (`val/mem_noisy`) and as their clean label (`val/mem_clean`).
 - `SoftmaxCollapse` (Prieto et al. 2025): the fraction of training samples whose float32
-  softmax cross-entropy gradient is exactly zero (`val/softmax_collapse`).
+  softmax cross-entropy gradient is exactly zero (`val/softmax_collapse`: every class's
+  p − onehot rounds to 0, a logit gap beyond float32's exp range, ~104), and the fraction
+  whose float32 loss is exactly zero (`val/zero_loss`: p_y rounds to 1, a gap of ~17; the
+  true class then receives no gradient, the earlier stage of the collapse).
 - `RankMe` (Garrido et al. 2023): exp(−Σ p_k log p_k) with p_k = σ_k/‖σ‖₁ + 1e-7, σ the
   singular values of the N×D matrix of validation penultimate features (`val/rankme`).
 - `Spectra`: per 2-D weight, the nuclear norm and effective rank (RankMe of its singular
@@ -47,6 +50,10 @@ def rankme(features: torch.Tensor) -> float:
     return effective_rank(torch.linalg.svdvals(features.double()))
 
 
+def zero_loss_fraction(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((F.cross_entropy(logits.float(), labels, reduction="none") == 0).float().mean())
+
+
 def collapsed_fraction(logits: torch.Tensor, labels: torch.Tensor) -> float:
     grad = logits.float().softmax(-1) - F.one_hot(labels, logits.shape[1]).float()
     return float((grad == 0).all(1).float().mean())
@@ -79,7 +86,8 @@ class Memorisation(_SplitMetric):
 
 class SoftmaxCollapse(_SplitMetric):
     def measure(self, out: dict) -> dict[str, float]:
-        return {"softmax_collapse": collapsed_fraction(out["logits"], out["y"])}
+        return {"softmax_collapse": collapsed_fraction(out["logits"], out["y"]),
+                "zero_loss": zero_loss_fraction(out["logits"], out["y"])}
 
 
 class RankMe(_SplitMetric):
