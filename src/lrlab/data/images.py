@@ -42,7 +42,7 @@ class ClassificationDataModule(BaseDataModule):
         super().__init__(**kwargs)
         require(0 < val_fraction < 1, "data.val_fraction", val_fraction, "must be in (0, 1)")
         self.val_fraction, self.train_limit = val_fraction, train_limit
-        self.noise = dict(noise or {"kind": "none", "rate": 0.0, "seed": 0})
+        self.noise = dict(noise or {})  # corrupt()'s defaults: no noise
         self.classes = None if classes is None else list(classes)
         if self.classes is not None:
             every = range(self.num_classes)

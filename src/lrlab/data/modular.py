@@ -24,7 +24,7 @@ class ModularArithmetic(BaseDataModule):
         require(0 < train_fraction < 1, "data.train_fraction", train_fraction, "must be in (0, 1)")
         self.p, self.op, self.train_fraction = p, op, train_fraction
         self.num_classes = p
-        self.noise = dict(noise or {"kind": "none", "rate": 0.0, "seed": 0})
+        self.noise = dict(noise or {})  # corrupt()'s defaults: no noise
 
     def build(self):
         a, b = torch.meshgrid(torch.arange(self.p), torch.arange(self.p), indexing="ij")

@@ -67,7 +67,7 @@ class WordNetLex(BaseDataModule):
         require(0 < val_fraction < 1, "data.val_fraction", val_fraction, "a fraction in (0, 1)")
         require(max_length >= 4, "data.max_length", max_length, "an integer >= 4")
         self.per_class, self.val_fraction, self.max_length = per_class, val_fraction, max_length
-        self.noise = dict(noise or {"kind": "none", "rate": 0.0, "seed": 0})
+        self.noise = dict(noise or {})  # corrupt()'s defaults: no noise
 
     def entries(self) -> list[tuple[str, int]]:
         root = require_data("wordnet")
