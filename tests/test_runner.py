@@ -3,6 +3,8 @@
 import csv
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,21 @@ def test_claims_labels_differing_only_in_symbols_get_their_own_folders():
     names = folder_names({"CE + AdamW, wd 0": [], "CE + ⊥AdamW, wd 0": [], "ELR (β 0.7)": []})
     assert names["CE + AdamW, wd 0"] == "CE_AdamW_wd_0" and names["ELR (β 0.7)"] == "ELR_0.7_"
     assert names["CE + ⊥AdamW, wd 0"].startswith("CE_AdamW_wd_0_") and len(set(names.values())) == 3
+
+
+def test_sigterm_between_steps_still_checkpoints(make_cfg, tmp_path, monkeypatch):
+    """A SIGTERM that lands after the interrupt callback ran for a step (while Lightning finishes
+    that step or validates) must still end in last.ckpt and status "interrupted"."""
+    from lrlab.callbacks.interrupt import GracefulInterrupt
+
+    original = GracefulInterrupt.on_train_batch_end
+
+    def batch_end_then_signal(self, trainer, *args):
+        original(self, trainer, *args)
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(GracefulInterrupt, "on_train_batch_end", batch_end_then_signal)
+    summary = run(make_cfg(DIGITS, "trainer.max_steps=50", "trainer.val_check_interval=3"))
+    assert summary["status"] == "interrupted" and summary["steps"] == 4
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()

@@ -1,5 +1,9 @@
 """Graceful SIGINT/SIGTERM: finish the current step, save `last.ckpt`, stop with status
-"interrupted". A second SIGINT interrupts at once."""
+"interrupted". A second SIGINT interrupts at once.
+
+Lightning wraps any SIGTERM handler with its own notifier, which raises at the next loop
+boundary, possibly before a checkpoint is written; so the handlers are installed again when
+training starts, after Lightning's, and this callback alone answers both signals."""
 
 import signal
 from pathlib import Path
@@ -19,11 +23,19 @@ class GracefulInterrupt(L.Callback):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        self._previous = self._install()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._install()
+
+    def _install(self) -> dict:
+        replaced = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                self._previous[sig] = signal.signal(sig, self._request)
+                replaced[sig] = signal.signal(sig, self._request)
             except ValueError:  # not the main thread (e.g. a notebook worker): keep defaults
                 pass
+        return replaced
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.requested and not trainer.should_stop:
