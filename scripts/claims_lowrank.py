@@ -8,6 +8,9 @@ Fira ≤ GaLore; GaLore within a few % of AdamW at a fraction of the state; DCT 
 """
 
 import argparse
+from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from lrlab.cli import quiet_libraries
 from lrlab.data import fetch
@@ -16,7 +19,6 @@ from lrlab.report.claims import run_grid, table
 
 def attention_mlp_numel(overrides: list[str]) -> int:
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from lrlab.optim.routing import split_params
     from lrlab.train import compose
@@ -24,6 +26,11 @@ def attention_mlp_numel(overrides: list[str]) -> int:
     cfg = compose(overrides, run_dir="/nonexistent")
     model_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "task"}
     return sum(p.numel() for _, p in split_params(instantiate(model_cfg))[0])
+
+
+def is_adamw(summary: dict) -> bool:
+    config = OmegaConf.load(Path(summary["run_dir"]) / "config.yaml")
+    return config.optimizer._target_ == "lrlab.optim.adamw.build"
 
 
 def main() -> None:
@@ -43,6 +50,9 @@ def main() -> None:
     grid = {
         "AdamW (lr 3e-3)": [*base, "optimizer=adamw", "optimizer.lr=3e-3"],
         "AdamW (lr 1e-2)": [*base, "optimizer=adamw", "optimizer.lr=1e-2"],  # the low-rank runs' lr
+        # GaLore's per-group lr without the projection: attn/MLP at 1e-2 × 0.25, the rest at 1e-2
+        "AdamW (lr 1e-2, attn/MLP ×0.25)": [*base, "optimizer=adamw", "optimizer.lr=1e-2",
+                                            "optimizer.matrix_lr_scale=0.25"],
         "GaLore (svd)": [*base, "optimizer=galore", *lowrank],
         "Fira": [*base, "optimizer=fira", *lowrank],
         "DCT": [*base, "optimizer=dct", *lowrank],
@@ -60,9 +70,9 @@ def main() -> None:
     print(table(results, {
         "val loss": lambda s: s["metrics"]["final"]["val/loss"],
         "val ppl": lambda s: s["metrics"]["final"]["val/ppl"],
-        # low-rank optimizers hold the projected attention/MLP weights in group 0; AdamW (two groups:
-        # decay, no decay) keeps two fp32 moments for the same weights
-        "attn+MLP state KiB": lambda s: (8 * projected_numel if len(s["optimizer_state_bytes_by_group"]) == 2
+        # low-rank optimizers hold the projected attention/MLP weights in group 0; AdamW keeps two
+        # fp32 moments for the same weights
+        "attn+MLP state KiB": lambda s: (8 * projected_numel if is_adamw(s)
                                          else s["optimizer_state_bytes_by_group"][0]) / 1024,
         "total state MiB": lambda s: s["optimizer_state_bytes"] / 2**20,
     }))

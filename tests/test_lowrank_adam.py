@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lrlab.errors import ConfigError
-from lrlab.optim import lowrank_adam, projector
+from lrlab.optim import adamw, lowrank_adam, projector
 from lrlab.optim.routing import state_bytes
 
 
@@ -105,6 +105,18 @@ def test_build_routes_attention_and_mlp_only():
     projected = opt.param_groups[0]["params"]
     assert {id(p) for p in projected} == {id(model.attn.weight), id(model.mlp.weight)}
     assert all("rank" not in g for g in opt.param_groups[1:])
+
+
+def test_adamw_matrix_lr_scale_matches_galore_routing():
+    """The full-rank control: the matrices GaLore projects train at lr × scale, the rest at lr."""
+    model = TwoLayer()
+    opt = adamw.build(model, lr=0.01, matrix_lr_scale=0.25)
+    galore = lowrank_adam.build(model, rank=4)
+    lr_by_param = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    projected = {id(p) for p in galore.param_groups[0]["params"]}
+    assert len(lr_by_param) == len(list(model.parameters()))
+    assert all(lr == (0.0025 if pid in projected else 0.01) for pid, lr in lr_by_param.items())
+    assert [len(g["params"]) for g in adamw.build(model, lr=0.01).param_groups] == [3, 4]
 
 
 @pytest.mark.parametrize("basis", ["svd", "dct"])
