@@ -4,7 +4,8 @@ Parts (`--only`, default a b c; each prints its table when done):
   a  ALLoRA vs LoRA (+ dropout 0.1) and full fine-tuning on the pretrained MLP miniature
      (digits 0-4 -> 5-9): optimizer steps to each `--targets` validation accuracy (validated
      every `--val-every` steps) and final accuracy. The mini-claim: ALLoRA reaches a target in
-     fewer steps than LoRA.
+     fewer steps than LoRA; the same pair under SGD (momentum 0.9, lr 0.03 and 0.1), where Adam's
+     normalisation cannot cancel ALLoRA's per-row gradient coefficient.
   b  intruder dimensions (top-10 left singular vectors of each fine-tuned hidden layer with
      max |cos| < 0.5 against the pre-trained ones, summed over body.1 and body.3): low-rank LoRA
      vs full fine-tuning on the same miniature.
@@ -35,6 +36,10 @@ GRIDS = {
         "LoRA r=8 + dropout 0.1": [f"experiment=lora/{MINI}_lora", "adapter.dropout=0.1"],
         "ALLoRA r=8": [f"experiment=allora/{MINI}_allora"],
         "full fine-tuning": [f"experiment=baseline/{MINI}_full"],
+        # under SGD the per-row coefficient is not normalised away as under Adam
+        **{f"{name} (SGD lr {lr})": [f"experiment={preset}", "optimizer=sgd", f"optimizer.lr={lr}"]
+           for lr in (0.03, 0.1)
+           for name, preset in (("LoRA r=8", f"lora/{MINI}_lora"), ("ALLoRA r=8", f"allora/{MINI}_allora"))},
     },
     "b": {
         "LoRA r=1": [f"experiment=lora/{MINI}_lora", "adapter.r=1"],
