@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from lrlab.adapters.peft_glue import _finish
+from lrlab.adapters.base import merge_modules, replace_linears, train_fully
 from lrlab.errors import require
 
 
@@ -46,36 +46,15 @@ class ALLoRALinear(nn.Module):
         return merged
 
 
-def _replace(model: nn.Module, target_modules: list[str], make) -> int:
-    replaced = 0
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in target_modules):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, make(module))
-            replaced += 1
-    require(replaced > 0, "adapter.target_modules", target_modules, "names of nn.Linear modules in the model")
-    return replaced
-
-
 def apply(model: nn.Module, target_modules: list[str], r: int = 8, eta: float = 4.0, norm_dim: int = 1,
           train_also: tuple[str, ...] = ()) -> nn.Module:
     require(r >= 1, "adapter.r", r, "an integer >= 1")
     require(eta > 0, "adapter.eta", eta, "a positive float")
     require(norm_dim in (0, 1), "adapter.norm_dim", norm_dim, "0 or 1")
     model.requires_grad_(False)
-    _replace(model, list(target_modules), lambda lin: ALLoRALinear(lin, r, eta, norm_dim))
-    return _finish(model, list(train_also))
-
-
-def _merge(model: nn.Module, kind: type) -> nn.Module:
-    """Replace every `kind` module by its `merged()` plain linear."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, kind):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.merged())
-    return model
+    replace_linears(model, list(target_modules), lambda lin: ALLoRALinear(lin, r, eta, norm_dim))
+    return train_fully(model, list(train_also))
 
 
 def merge(model: nn.Module) -> nn.Module:
-    return _merge(model, ALLoRALinear)
+    return merge_modules(model, ALLoRALinear)

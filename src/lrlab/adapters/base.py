@@ -28,6 +28,35 @@ method-agnostic:
 
 from torch import nn
 
+from lrlab.errors import require
+
+
+def train_fully(model: nn.Module, names: list[str]) -> nn.Module:
+    """Let the modules named in `names` (e.g. a fresh classifier `head`) train fully."""
+    for name, param in model.named_parameters():
+        if any(f".{part}." in f".{name}" for part in names):
+            param.requires_grad_(True)
+    return model
+
+
+def replace_linears(model: nn.Module, target_modules: list[str], make) -> int:
+    """Swap every `nn.Linear` named (or ending in) one of `target_modules` for `make(linear)`."""
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in target_modules):
+            model.set_submodule(name, make(module))
+            replaced += 1
+    require(replaced > 0, "adapter.target_modules", target_modules, "names of nn.Linear modules in the model")
+    return replaced
+
+
+def merge_modules(model: nn.Module, kind: type) -> nn.Module:
+    """Replace every `kind` module by its `merged()` plain linear."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, kind):
+            model.set_submodule(name, module.merged())
+    return model
+
 
 def trainable_count(model: nn.Module, partial: dict) -> int:
     """Every `requires_grad` parameter in full, except those in `partial` (parameter -> the number

@@ -22,7 +22,8 @@ import peft
 import torch
 from torch import nn
 
-from lrlab.adapters.peft_glue import _finish, _lora_config
+from lrlab.adapters.base import train_fully
+from lrlab.adapters.peft_glue import _lora_config
 from lrlab.errors import require
 
 
@@ -61,4 +62,4 @@ def apply(model: nn.Module, target_modules: list[str], r: int = 8, alpha: float 
         warnings.filterwarnings("ignore", message="lora with eva initialization")
         model = peft.get_peft_model(model, config)
     model.lrlab_init_hooks = [lambda task, loader: initialize(model, loader)]
-    return _finish(model, list(train_also))
+    return train_fully(model, list(train_also))

@@ -33,9 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrlab.adapters.allora import _merge, _replace
-from lrlab.adapters.base import trainable_count
-from lrlab.adapters.peft_glue import _finish
+from lrlab.adapters.base import merge_modules, replace_linears, train_fully, trainable_count
 from lrlab.errors import require
 
 INIT_STD = 0.02
@@ -139,8 +137,8 @@ def apply(model: nn.Module, target_modules: list[str], init_r: int = 1, target_r
         layers.append(IncreLoRALinear(linear, init_r, max_r, alpha / target_r))
         return layers[-1]
 
-    _replace(model, list(target_modules), wrap)
-    model = _finish(model, list(train_also))
+    replace_linears(model, list(target_modules), wrap)
+    model = train_fully(model, list(train_also))
     model.lrlab_hooks = [Allocator(layers, target_r * len(layers), interval, top_h, warmup, beta1, beta2)]
     model.lrlab_penalty = lambda task, outputs, batch: orth_reg_weight * (
         sum(layer.orthogonality() for layer in layers) / (2 * len(layers)))
@@ -150,4 +148,4 @@ def apply(model: nn.Module, target_modules: list[str], init_r: int = 1, target_r
 
 
 def merge(model: nn.Module) -> nn.Module:
-    return _merge(model, IncreLoRALinear)
+    return merge_modules(model, IncreLoRALinear)

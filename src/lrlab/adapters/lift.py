@@ -19,8 +19,7 @@ the targets and dense AdamW on every other trainable parameter. A preset selects
 import torch
 from torch import nn
 
-from lrlab.adapters.base import trainable_count
-from lrlab.adapters.peft_glue import _finish
+from lrlab.adapters.base import train_fully, trainable_count
 from lrlab.errors import require
 
 
@@ -55,7 +54,7 @@ def apply(model: nn.Module, target_modules: list[str], lora_rank: int = 8, filte
             targets[module.weight] = (module.weight.shape[0] + module.weight.shape[1]) * lora_rank
     require(bool(targets), "adapter.target_modules", target_modules, "names of nn.Linear modules in the model")
     model.lrlab_lift = {"budgets": targets, "filter_rank": filter_rank, "select": select}
-    model = _finish(model, list(train_also))
+    model = train_fully(model, list(train_also))
     budgets = {weight: min(budget, weight.numel()) for weight, budget in targets.items()}
     model.lrlab_trainable_params = lambda: trainable_count(model, budgets)
     return model

@@ -17,14 +17,8 @@ import peft
 import torch
 from torch import nn
 
+from lrlab.adapters.base import train_fully
 from lrlab.errors import require
-
-
-def _finish(model: nn.Module, train_also: list[str]) -> nn.Module:
-    for name, param in model.named_parameters():
-        if any(f".{part}." in f".{name}" for part in train_also):
-            param.requires_grad_(True)
-    return model
 
 
 def _lora_config(r, alpha, dropout, target_modules, **extra) -> peft.LoraConfig:
@@ -41,7 +35,7 @@ def lora(model: nn.Module, target_modules: list[str], r: int = 8, alpha: float =
     require(init in allowed_init, "adapter.init", init, f"one of {allowed_init}")
     config = _lora_config(r, alpha, dropout, target_modules, init_lora_weights=init, use_dora=use_dora,
                           use_rslora=use_rslora)
-    return _finish(peft.get_peft_model(model, config), list(train_also))
+    return train_fully(peft.get_peft_model(model, config), list(train_also))
 
 
 def dora(model, target_modules, r=8, alpha=16.0, dropout=0.0, train_also=()):
@@ -66,7 +60,7 @@ def adalora(model: nn.Module, target_modules: list[str], total_steps: int, init_
                                 target_modules=list(target_modules), tinit=tinit, tfinal=tfinal, deltaT=delta_t,
                                 beta1=beta1, beta2=beta2, orth_reg_weight=orth_reg_weight,
                                 total_step=total_steps)
-    model = _finish(peft.get_peft_model(model, config), list(train_also))
+    model = train_fully(peft.get_peft_model(model, config), list(train_also))
     tuner = model.base_model
 
     def allocate(task, step):
@@ -91,7 +85,7 @@ def miss(model: nn.Module, target_modules: list[str], r: int = 8, dropout: float
          train_also: tuple[str, ...] = ()) -> nn.Module:
     require(r >= 1, "adapter.r", r, "an integer >= 1")
     config = peft.MissConfig(r=r, miss_dropout=dropout, target_modules=list(target_modules))
-    return _finish(peft.get_peft_model(model, config), list(train_also))
+    return train_fully(peft.get_peft_model(model, config), list(train_also))
 
 
 def merge(model: nn.Module) -> nn.Module:

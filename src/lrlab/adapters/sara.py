@@ -14,8 +14,7 @@ re-selection changes them) plus the other trainable parameters (`model.lrlab_tra
 import torch
 from torch import nn
 
-from lrlab.adapters.base import trainable_count
-from lrlab.adapters.peft_glue import _finish
+from lrlab.adapters.base import train_fully, trainable_count
 from lrlab.errors import require
 
 
@@ -58,4 +57,4 @@ def apply(model: nn.Module, target_modules: list[str], threshold: float = 2e-3, 
     model.lrlab_penalty = penalty
     model.lrlab_hooks = [reselect]
     model.lrlab_trainable_params = lambda: trainable_count(model, {m.weight: int(m.mask.sum()) for m in masks})
-    return _finish(model, list(train_also))
+    return train_fully(model, list(train_also))

@@ -9,8 +9,7 @@ Trainable parameters per layer: r.
 import torch
 from torch import nn
 
-from lrlab.adapters.allora import _replace
-from lrlab.adapters.peft_glue import _finish
+from lrlab.adapters.base import replace_linears, train_fully
 from lrlab.errors import require
 
 
@@ -42,5 +41,5 @@ def apply(model: nn.Module, target_modules: list[str], spectrum: float = 0.99,
           train_also: tuple[str, ...] = ()) -> nn.Module:
     require(0 < spectrum <= 1, "adapter.spectrum", spectrum, "a fraction in (0, 1]")
     model.requires_grad_(False)
-    _replace(model, list(target_modules), lambda lin: SVFitLinear(lin, spectrum))
-    return _finish(model, list(train_also))
+    replace_linears(model, list(target_modules), lambda lin: SVFitLinear(lin, spectrum))
+    return train_fully(model, list(train_also))
