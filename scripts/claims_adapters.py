@@ -26,7 +26,7 @@ import argparse
 
 from lrlab.cli import quiet_libraries
 from lrlab.data import fetch
-from lrlab.report.claims import first_step, run_grid, table
+from lrlab.report.claims import best, final, first_step, run_grid, table
 
 MINI = "digits_pretrained_mlp"
 MINILM_LORA = "experiment=lora/minilm_wordnet_lora"
@@ -74,10 +74,6 @@ GRIDS = {
 BUDGET = (64 + 256) * 8 + (256 + 256) * 8  # K = (m + n) * 8 over body.1 and body.3
 
 
-def final(name):
-    return lambda s: s["metrics"]["final"][name]
-
-
 def steps_to(target):
     return lambda s: first_step(s, "val/acc", target)
 
@@ -105,7 +101,7 @@ def part(name: str, args) -> tuple[list[str], str, dict]:
     return ([f"trainer.max_steps={steps}", f"trainer.val_check_interval={args.val_every}", "callbacks=none"],
             f"({name}) {what}, {steps} steps, validated every {args.val_every}, {seeds}",
             {**{f"steps to val acc ≥ {t}": steps_to(t) for t in args.targets},
-             "final val acc": final("val/acc"), "best val acc": lambda s: s["metrics"]["best"]["val/acc"]})
+             "final val acc": final("val/acc"), "best val acc": best("val/acc")})
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from lrlab.cli import quiet_libraries
 from lrlab.data import fetch
-from lrlab.report.claims import run_grid, table
+from lrlab.report.claims import final, run_grid, table
 
 
 def attention_mlp_numel(overrides: list[str]) -> int:
@@ -68,8 +68,8 @@ def main() -> None:
     print(f"\nllama_tiny on Shakespeare (BPE 8192), {args.steps} steps × 16 × 128 tokens, rank {args.rank}/128, "
           f"T=50, seeds {args.seeds}\n")
     print(table(results, {
-        "val loss": lambda s: s["metrics"]["final"]["val/loss"],
-        "val ppl": lambda s: s["metrics"]["final"]["val/ppl"],
+        "val loss": final("val/loss"),
+        "val ppl": final("val/ppl"),
         # low-rank optimizers hold the projected attention/MLP weights in group 0; AdamW keeps two
         # fp32 moments for the same weights
         "attn+MLP state KiB": lambda s: (8 * projected_numel if is_adamw(s)

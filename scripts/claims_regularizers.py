@@ -15,15 +15,7 @@ import argparse
 
 from lrlab.cli import quiet_libraries
 from lrlab.data import fetch
-from lrlab.report.claims import first_step, last_logged, run_grid, table
-
-
-def final(name):
-    return lambda s: s["metrics"]["final"].get(name, float("nan"))
-
-
-def best(name):
-    return lambda s: s["metrics"]["best"].get(name, float("nan"))
+from lrlab.report.claims import best, final, first_step, last_logged, run_grid, table
 
 
 CLAIMS = {

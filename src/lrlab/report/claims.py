@@ -59,6 +59,16 @@ def finished(run_dir: Path, cfg) -> dict | None:
     return summary if summary["status"] == "completed" else None
 
 
+def final(metric: str) -> Callable[[dict], float]:
+    """A table column: the run's last validation value of `metric` (nan where it has none)."""
+    return lambda summary: summary["metrics"]["final"].get(metric, float("nan"))
+
+
+def best(metric: str) -> Callable[[dict], float]:
+    """A table column: the run's best validation value of `metric` (nan where it has none)."""
+    return lambda summary: summary["metrics"]["best"].get(metric, float("nan"))
+
+
 def logged(summary: dict, metric: str) -> list[tuple[int, float]]:
     """(steps taken, value) of every logged `metric`, read from the run's `csv/metrics.csv`."""
     with open(Path(summary["run_dir"]) / "csv" / "metrics.csv") as rows:
