@@ -39,11 +39,16 @@ def train_fully(model: nn.Module, names: list[str]) -> nn.Module:
     return model
 
 
+def is_target(name: str, target_modules: list[str]) -> bool:
+    """A module named `name` is adapted when its name is, or ends in, one of `target_modules`."""
+    return any(name == t or name.endswith("." + t) for t in target_modules)
+
+
 def replace_linears(model: nn.Module, target_modules: list[str], make) -> int:
     """Swap every `nn.Linear` named (or ending in) one of `target_modules` for `make(linear)`."""
     replaced = 0
     for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in target_modules):
+        if isinstance(module, nn.Linear) and is_target(name, target_modules):
             model.set_submodule(name, make(module))
             replaced += 1
     require(replaced > 0, "adapter.target_modules", target_modules, "names of nn.Linear modules in the model")

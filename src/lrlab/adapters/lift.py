@@ -19,7 +19,7 @@ the targets and dense AdamW on every other trainable parameter. A preset selects
 import torch
 from torch import nn
 
-from lrlab.adapters.base import train_fully, trainable_count
+from lrlab.adapters.base import is_target, train_fully, trainable_count
 from lrlab.errors import require
 
 
@@ -49,14 +49,13 @@ def apply(model: nn.Module, target_modules: list[str], lora_rank: int = 8, filte
     model.requires_grad_(False)
     targets = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in target_modules):
+        if isinstance(module, nn.Linear) and is_target(name, target_modules):
             module.weight.requires_grad_(True)
-            targets[module.weight] = (module.weight.shape[0] + module.weight.shape[1]) * lora_rank
+            targets[module.weight] = min(sum(module.weight.shape) * lora_rank, module.weight.numel())
     require(bool(targets), "adapter.target_modules", target_modules, "names of nn.Linear modules in the model")
     model.lrlab_lift = {"budgets": targets, "filter_rank": filter_rank, "select": select}
     model = train_fully(model, list(train_also))
-    budgets = {weight: min(budget, weight.numel()) for weight, budget in targets.items()}
-    model.lrlab_trainable_params = lambda: trainable_count(model, budgets)
+    model.lrlab_trainable_params = lambda: trainable_count(model, targets)
     return model
 
 

@@ -14,7 +14,7 @@ re-selection changes them) plus the other trainable parameters (`model.lrlab_tra
 import torch
 from torch import nn
 
-from lrlab.adapters.base import train_fully, trainable_count
+from lrlab.adapters.base import is_target, train_fully, trainable_count
 from lrlab.errors import require
 
 
@@ -39,7 +39,7 @@ def apply(model: nn.Module, target_modules: list[str], threshold: float = 2e-3, 
     model.requires_grad_(False)
     masks = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in target_modules):
+        if isinstance(module, nn.Linear) and is_target(name, target_modules):
             module.weight.requires_grad_(True)
             masks.append(_Mask(module.weight, threshold))
     require(bool(masks), "adapter.target_modules", target_modules, "names of nn.Linear modules in the model")
