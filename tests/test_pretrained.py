@@ -16,6 +16,9 @@ def test_select_classes_keeps_and_relabels_in_the_given_order():
     x, y = np.arange(5)[:, None], np.array([0, 5, 7, 5, 9])
     kept_x, kept_y = select_classes(x, y, [9, 5])
     assert kept_x[:, 0].tolist() == [1, 3, 4] and kept_y.tolist() == [1, 1, 0]
+    # a split (e.g. a fixed validation set) may lack the largest requested class
+    kept_x, kept_y = select_classes(x[:4], y[:4], [5, 9])
+    assert kept_x[:, 0].tolist() == [1, 3] and kept_y.tolist() == [0, 0]
 
 
 def test_digit_subset_and_its_class_count_in_the_config():

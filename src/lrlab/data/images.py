@@ -79,7 +79,7 @@ class ClassificationDataModule(BaseDataModule):
 def select_classes(x: np.ndarray, y: np.ndarray, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """The samples of `classes`, labelled by their position in `classes`."""
     keep = np.isin(y, classes)
-    position = np.full(int(y.max()) + 1, -1)
+    position = np.full(max(int(y.max()), *classes) + 1, -1)
     position[classes] = np.arange(len(classes))
     return x[keep], position[y[keep]]
 
