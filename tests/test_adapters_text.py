@@ -37,10 +37,11 @@ def test_minilm_lora_on_wordnet_through_the_runner(make_cfg, wordnet):
 
 
 def test_minilm_features_are_masked_means():
-    from lrlab.models.minilm import build, tokenizer
+    from lrlab.data.tokenizers import minilm_tokenizer
+    from lrlab.models.minilm import build
 
     model = build(num_classes=4).eval()
-    batch = tokenizer()(["a small dog", "a small dog barked loudly at night"], padding=True, return_tensors="pt")
+    batch = minilm_tokenizer()(["a small dog", "a small dog barked loudly at night"], padding=True, return_tensors="pt")
     x = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     with torch.no_grad():
         padded = model(x)["features"][0]

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from lrlab import conf_dir
+from lrlab.console import quiet_libraries
 from lrlab.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -201,18 +202,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"report": cmd_report, "train": cmd_train, "ls": cmd_ls, "show": cmd_show, "validate": cmd_validate, "data": cmd_data}
-
-
-def quiet_libraries() -> None:
-    """Keep the console to progress and results: Lightning's banners and tips go to DEBUG."""
-    import logging
-    import warnings
-
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*treespec.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,7 +38,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from lrlab.cli import quiet_libraries
+    from lrlab.console import quiet_libraries
 
     quiet_libraries()
     hydra_main()

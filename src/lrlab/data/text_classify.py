@@ -78,9 +78,9 @@ class WordNetLex(BaseDataModule):
         return entries
 
     def encode(self, texts: list[str]) -> dict:
-        from lrlab.models.minilm import tokenizer
+        from lrlab.data.tokenizers import minilm_tokenizer
 
-        return tokenizer()(texts, padding="max_length", truncation=True, max_length=self.max_length,
+        return minilm_tokenizer()(texts, padding="max_length", truncation=True, max_length=self.max_length,
                            return_tensors="pt")
 
     def build(self):

