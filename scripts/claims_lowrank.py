@@ -57,7 +57,7 @@ def main() -> None:
         "Fira": [*base, "optimizer=fira", *lowrank],
         "DCT": [*base, "optimizer=dct", *lowrank],
         "FRUGAL": [*base, "optimizer=frugal", *lowrank, "optimizer.residual_lr_scale=0.1"],
-        "GradNormLoRP": [*base, "optimizer=gradnorm_lorp", *lowrank],
+        "GradNormLoRP": [*base, "parametrization=weight_norm", "optimizer=galore", *lowrank],
         "momentum reset": [*base, "optimizer=lowrank_reset", *lowrank],
     }
     unknown = sorted(set(args.only or ()) - set(grid))

@@ -23,7 +23,7 @@ CLAIMS = {
              "ELR (β 0.7, λ 3)": ["experiment=elr/mnist5k_sym40"]},
             {"best val acc": best("val/acc"), "final val acc": final("val/acc"),
              "noisy memorised": final("val/mem_noisy"), "noisy → clean": final("val/mem_clean")}),
-    "pskd": ({"CE": ["experiment=pskd/digits_mlp", "regularizer=none"],
+    "pskd": ({"CE": ["experiment=pskd/digits_mlp", "loss=cross_entropy"],
               "PS-KD (α_T 0.8)": ["experiment=pskd/digits_mlp"]},
              {"val acc": final("val/acc"), "ECE": final("val/ece"), "NLL": final("val/nll")}),
     "grokking": ({"StableMax + ⊥AdamW, wd 0": ["experiment=grokking/modadd_stablemax_orthograd"],

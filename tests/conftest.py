@@ -41,3 +41,47 @@ def wordnet():
     from lrlab.data.fetch import fetch
 
     return fetch("wordnet")
+
+
+TARGETS = ["body.1", "body.3"]  # the tiny MLP's Linear(16, 32) and Linear(32, 32)
+
+
+@pytest.fixture
+def tiny():
+    """A fresh MLP 16 -> 32 -> 32 -> 3 drawn with seed 0 (the same weights at every call)."""
+    import torch
+
+    from lrlab.models.classifier import mlp
+
+    def make():
+        torch.manual_seed(0)
+        return mlp(16, 3, hidden=(32, 32))
+
+    return make
+
+
+@pytest.fixture
+def method():
+    """method(group, name, **settings): the `group=name` config node with `settings` overridden,
+    built as the runner builds it (e.g. `method("adapter", "lora", r=4)`)."""
+    from lrlab.build import instantiate_node
+    from lrlab.train import compose
+
+    def make(group, name, **settings):
+        node = dict(compose([f"{group}={name}"], run_dir="unused")[group])
+        return instantiate_node({**node, **settings}, group)
+
+    return make
+
+
+@pytest.fixture
+def make_task():
+    """make_task(model, methods=(), loss=None): a classification task around `model`, as built by the runner."""
+    from lrlab.losses.cross_entropy import CrossEntropy
+    from lrlab.tasks.classify import ClassifyTask
+
+    def make(model, methods=(), loss=None, num_classes=3):
+        return ClassifyTask(model, loss=loss or CrossEntropy(), methods=list(methods), optimizer={}, scheduler={},
+                            total_steps=1, num_classes=num_classes)
+
+    return make

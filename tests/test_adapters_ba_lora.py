@@ -4,18 +4,11 @@ import math
 import pytest
 import torch
 
-from lrlab.adapters import ba_lora, peft_glue
+from conftest import TARGETS
+from lrlab.adapters import ba_lora
 from lrlab.errors import ConfigError
-from lrlab.models.classifier import mlp
-from lrlab.tasks.classify import ClassifyTask
 
-TARGETS = ["body.1", "body.3"]  # Linear(16, 32) and Linear(32, 32)
 HEAD = 32 * 3 + 3
-
-
-def tiny():
-    torch.manual_seed(0)
-    return mlp(16, 3, hidden=(32, 32))
 
 
 def test_consistency_is_the_mse_of_row_normalised_logits():
@@ -47,55 +40,56 @@ def test_generation_forms_kl_entropy_and_per_sequence_svd():
     assert torch.isclose(ba_lora.svd_term(sequences, k=1), torch.tensor(-(0.75 + 0.5) / 2))
 
 
-def adapted():
-    model = ba_lora.apply(tiny(), TARGETS, r=4, train_also=("head",))
+@pytest.fixture
+def adapted(method, tiny, make_task):
+    adapter = method("adapter", "ba_lora", target_modules=TARGETS, r=4)
+    model = adapter.transform_model(tiny())
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.1 * torch.randn_like(p))
-    return model, ClassifyTask(model, optimizer={}, scheduler={}, total_steps=1, num_classes=3)
+    return adapter, model, make_task(model, [adapter])
 
 
-def test_frozen_pass_is_the_original_model_not_the_pissa_residual():
-    model, task = adapted()
+def test_frozen_pass_is_the_original_model_not_the_pissa_residual(adapted, tiny):
+    adapter, model, task = adapted
     batch = {"x": torch.randn(6, 16), "y": torch.randint(0, 3, (6,))}
     original = tiny()(batch["x"])["logits"]
-    assert torch.allclose(ba_lora.pretrained_logits(task, batch, model.lrlab_penalty.initial), original, atol=1e-5)
+    assert torch.allclose(ba_lora.pretrained_logits(task, batch, adapter.initial), original, atol=1e-5)
     with model.disable_adapter():
         residual = model(batch["x"])["logits"]
     assert not torch.allclose(residual, original, atol=1e-3)
     assert model.training  # the frozen pass restores train mode
 
 
-def test_penalty_is_the_weighted_sum_and_trains_the_adapter():
-    model, task = adapted()
+def test_penalty_is_the_weighted_sum_and_trains_the_adapter(adapted, tiny):
+    adapter, model, task = adapted
     batch = {"x": torch.randn(6, 16), "y": torch.randint(0, 3, (6,))}
     outputs = task.forward_batch(batch)
     logits, frozen = outputs["logits"], tiny()(batch["x"])["logits"].detach()
     expected = (1e-4 * ba_lora.consistency(logits, frozen) + 3e-4 * ba_lora.diversity(logits)
                 + 1e-4 * ba_lora.svd_term(logits, 3))
-    penalty = model.lrlab_penalty(task, outputs, batch)
+    penalty = adapter.loss_term(task, outputs, batch)
     assert torch.allclose(penalty, expected, atol=1e-9)
     penalty.backward()
     assert model.base_model.model.body[1].lora_A["default"].weight.grad.abs().sum() > 0
 
 
-def test_counts_merge_and_save_load():
-    model, _ = adapted()
+def test_counts_merge_and_save_load(adapted, method, tiny):
+    adapter, model, _ = adapted
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 4 * (16 + 32) + 4 * (32 + 32) + HEAD
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
-    fresh = ba_lora.apply(tiny(), TARGETS, r=4, train_also=("head",))
+    fresh = method("adapter", "ba_lora", target_modules=TARGETS, r=4).transform_model(tiny())
     buffer.seek(0)
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     x = torch.randn(5, 16)
     before = model(x)["logits"]
     assert torch.equal(fresh(x)["logits"], before)
-    assert torch.allclose(peft_glue.merge(model)(x)["logits"], before, atol=1e-5)
+    assert torch.allclose(adapter.export(model)(x)["logits"], before, atol=1e-5)
 
 
-def test_bad_input_is_a_config_error():
-    with pytest.raises(ConfigError):
-        ba_lora.apply(tiny(), TARGETS, lambda2=-1.0)
-    with pytest.raises(ConfigError):
-        ba_lora.apply(tiny(), TARGETS, k=0)
+@pytest.mark.parametrize("settings, key", [({"lambda2": -1.0}, "adapter.lambda2"), ({"k": 0}, "adapter.k")])
+def test_bad_input_is_a_config_error(method, settings, key):
+    with pytest.raises(ConfigError, match=key):
+        method("adapter", "ba_lora", **settings)

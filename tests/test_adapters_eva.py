@@ -3,17 +3,11 @@ import io
 import pytest
 import torch
 
-from lrlab.adapters import eva, peft_glue
+from conftest import TARGETS
+from lrlab.adapters import eva
 from lrlab.errors import ConfigError
-from lrlab.models.classifier import mlp
 
-TARGETS = ["body.1", "body.3"]  # Linear(16, 32) and Linear(32, 32)
 HEAD = 32 * 3 + 3
-
-
-def tiny():
-    torch.manual_seed(0)
-    return mlp(16, 3, hidden=(32, 32))
 
 
 SPREAD = torch.linspace(4.0, 0.2, 16)  # well-separated singular values
@@ -27,10 +21,16 @@ def batches(scale: torch.Tensor, repeat: int = 3):
     return [{"x": x, "y": torch.zeros(64, dtype=torch.long)}] * repeat
 
 
-def initialised(rho: float, scale: torch.Tensor = CONCENTRATED):
-    model = eva.apply(tiny(), TARGETS, r=4, rho=rho, train_also=("head",))
-    model.lrlab_init_hooks[0](None, batches(scale))
-    return model
+@pytest.fixture
+def initialised(method, tiny, make_task):
+    """initialised(rho, scale) -> the tiny MLP with EVA-initialised LoRA (r=4) from `batches(scale)`."""
+    def make(rho: float, scale: torch.Tensor = CONCENTRATED):
+        adapter = method("adapter", "eva", target_modules=TARGETS, r=4, rho=rho)
+        model = adapter.transform_model(tiny())
+        adapter.init_from_data(make_task(model, [adapter]), batches(scale))
+        return model
+
+    return make
 
 
 def lora_a(model, layer: int) -> torch.Tensor:
@@ -41,7 +41,7 @@ def right_singular_vectors(inputs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svd(inputs - inputs.mean(0), full_matrices=False)[2]
 
 
-def test_a_rows_are_the_top_right_singular_vectors_of_the_layer_inputs():
+def test_a_rows_are_the_top_right_singular_vectors_of_the_layer_inputs(initialised, tiny):
     model = initialised(rho=1.0, scale=SPREAD)
     x = batches(SPREAD)[0]["x"]
     with torch.no_grad():
@@ -59,7 +59,7 @@ def explained_variance_ratios(inputs: torch.Tensor) -> torch.Tensor:
     return s**2 / (s**2).sum()
 
 
-def test_redistribution_gives_the_budget_to_the_largest_explained_variance():
+def test_redistribution_gives_the_budget_to_the_largest_explained_variance(initialised, tiny):
     model = initialised(rho=2.0)
     x = batches(CONCENTRATED)[0]["x"]
     with torch.no_grad():
@@ -82,7 +82,7 @@ def perturbed(model):
     return model
 
 
-def test_save_load_after_a_repeated_init():
+def test_save_load_after_a_repeated_init(initialised):
     model = perturbed(initialised(rho=2.0))
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -93,11 +93,11 @@ def test_save_load_after_a_repeated_init():
     assert torch.equal(fresh(x)["logits"], model(x)["logits"])
 
 
-def test_merge_equivalence():
+def test_merge_equivalence(initialised):
     model = perturbed(initialised(rho=2.0))
     x = torch.randn(5, 16)
     before = model(x)["logits"]
-    assert torch.allclose(peft_glue.merge(model)(x)["logits"], before, atol=1e-5)
+    assert torch.allclose(model.merge_and_unload()(x)["logits"], before, atol=1e-5)
 
 
 def test_token_inputs_drop_padding_positions():
@@ -107,8 +107,7 @@ def test_token_inputs_drop_padding_positions():
     assert torch.equal(rows, torch.stack([hidden[0, 0], hidden[0, 1], hidden[1, 0]]))
 
 
-def test_bad_input_is_a_config_error():
-    with pytest.raises(ConfigError):
-        eva.apply(tiny(), TARGETS, rho=0.5)
-    with pytest.raises(ConfigError):
-        eva.apply(tiny(), TARGETS, tau=0.0)
+@pytest.mark.parametrize("settings, key", [({"rho": 0.5}, "adapter.rho"), ({"tau": 0.0}, "adapter.tau")])
+def test_bad_input_is_a_config_error(method, settings, key):
+    with pytest.raises(ConfigError, match=key):
+        method("adapter", "eva", **settings)

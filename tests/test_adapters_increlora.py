@@ -4,39 +4,39 @@ import math
 import pytest
 import torch
 
-from lrlab.adapters import increlora
+from conftest import TARGETS
 from lrlab.errors import ConfigError
-from lrlab.models.classifier import mlp
 
-TARGETS = ["body.1", "body.3"]  # Linear(16, 32) and Linear(32, 32)
 HEAD = 32 * 3 + 3
 
 
-def tiny():
-    torch.manual_seed(0)
-    return mlp(16, 3, hidden=(32, 32))
+@pytest.fixture
+def adapted(method, tiny, make_task):
+    """adapted(**settings) -> (the IncreLoRA method, the adapted tiny MLP, a task holding both)."""
+    def make(**settings):
+        options = dict(target_modules=TARGETS, init_r=1, target_r=2, max_r=3, interval=2, top_h=1) | settings
+        adapter = method("adapter", "increlora", **options)
+        model = adapter.transform_model(tiny())
+        return adapter, model, make_task(model, [adapter])
 
-
-def adapted(**kwargs):
-    options = dict(init_r=1, target_r=2, max_r=3, interval=2, top_h=1, train_also=("head",)) | kwargs
-    return increlora.apply(tiny(), TARGETS, **options)
+    return make
 
 
 def layers(model):
     return model.body[1], model.body[3]
 
 
-def test_starts_at_the_pretrained_function_and_counts_active_ranks():
-    model = adapted()
+def test_starts_at_the_pretrained_function_and_counts_active_ranks(adapted, tiny):
+    _, model, task = adapted()
     x = torch.randn(5, 16)
     assert torch.allclose(model(x)["logits"], tiny()(x)["logits"])
-    assert model.lrlab_trainable_params() == (16 + 32 + 1) + (32 + 32 + 1) + HEAD
+    assert task.trainable_params() == (16 + 32 + 1) + (32 + 32 + 1) + HEAD
     preallocated = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert preallocated == 3 * (16 + 32 + 1) + 3 * (32 + 32 + 1) + HEAD
 
 
-def test_score_is_the_update_times_its_gradient():
-    layer = layers(adapted(init_r=2))[0]
+def test_score_is_the_update_times_its_gradient(adapted):
+    layer = layers(adapted(init_r=2)[1])[0]
     with torch.no_grad():
         layer.lora_E.copy_(torch.tensor([0.5, -2.0, 3.0]))  # the third rank is inactive
     x, c = torch.randn(4, 16), torch.randn(4, 32)
@@ -47,76 +47,77 @@ def test_score_is_the_update_times_its_gradient():
     assert layer.lora_E.grad[2] == 0 and layer.lora_A.grad[2].abs().sum() == 0
 
 
-def test_importance_is_the_smoothed_sensitivity_times_uncertainty():
-    layer = layers(adapted())[0]
+def test_importance_is_the_smoothed_sensitivity_times_uncertainty(adapted):
+    layer = layers(adapted()[1])[0]
     layer.score = torch.tensor(2.0)
     layer.update_importance(0.85, 0.85)
     sensitivity, uncertainty = 0.15 * 2.0, 0.15 * abs(2.0 - 0.15 * 2.0)
     assert math.isclose(layer.importance(), sensitivity * uncertainty, rel_tol=1e-6)
 
 
-def test_ranks_grow_on_schedule_to_the_target_average_within_max_r():
-    model = adapted(max_r=2)
+def test_ranks_grow_on_schedule_to_the_target_average_within_max_r(adapted):
+    adapter, model, task = adapted(max_r=2)
     first, second = layers(model)
-    allocate = model.lrlab_hooks[0]
     x = torch.randn(5, 16)
     before = model(x)["logits"]
     ranks = []
     for step in range(1, 8):
         first.score, second.score = torch.tensor(0.0), torch.tensor(float(step % 3))  # only the second matters
-        allocate(None, step)
+        adapter.after_step(task, step)
         ranks.append((first.rank, second.rank))
     # step 2: the more important module grows; step 4: it is at max_r, so the other one; then the target (2 x 2) holds
     assert ranks == [(1, 1), (1, 2), (1, 2), (2, 2), (2, 2), (2, 2), (2, 2)]
     assert torch.allclose(model(x)["logits"], before)  # new ranks start at lambda = 0
-    assert model.lrlab_trainable_params() == 2 * (16 + 32 + 1) + 2 * (32 + 32 + 1) + HEAD
+    assert task.trainable_params() == 2 * (16 + 32 + 1) + 2 * (32 + 32 + 1) + HEAD
 
 
-def train(model, steps=3):
+def train(adapted, steps=3):
+    adapter, model, task = adapted
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     x, y = torch.randn(16, 16), torch.randint(0, 3, (16,))
     for step in range(1, steps + 1):
-        loss = torch.nn.functional.cross_entropy(model(x)["logits"], y) + model.lrlab_penalty(None, None, None)
+        loss = torch.nn.functional.cross_entropy(model(x)["logits"], y) + adapter.loss_term(task, None, None)
         loss.backward()
         opt.step()
         opt.zero_grad()
-        model.lrlab_hooks[0](None, step)
+        adapter.after_step(task, step)
     return model
 
 
-def test_inactive_ranks_do_not_move_and_the_penalty_is_orthogonality():
-    model = adapted(interval=100)
+def test_inactive_ranks_do_not_move_and_the_penalty_is_orthogonality(adapted):
+    adapter, model, task = adapted(interval=100)
     first = layers(model)[0]
     reserve = first.lora_A[1:].detach().clone(), first.lora_B[:, 1:].detach().clone()
-    train(model)
+    train((adapter, model, task))
     assert torch.equal(first.lora_A[1:], reserve[0]) and torch.equal(first.lora_B[:, 1:], reserve[1])
     assert torch.count_nonzero(first.lora_E[1:]) == 0 and first.lora_E[0] != 0
     q, p = first.lora_A[:1], first.lora_B[:, :1]
     expected = torch.linalg.norm(q @ q.T - 1) + torch.linalg.norm(p.T @ p - 1)
     assert torch.allclose(first.orthogonality(), expected)
+    both = expected + layers(model)[1].orthogonality()
+    assert torch.allclose(adapter.loss_term(task, None, None), 0.1 * both / 4)  # weight 0.1, mean over 2 x 2 factors
 
 
-def test_save_load_and_merge():
-    model = train(adapted(), steps=4)
+def test_save_load_and_merge(adapted):
+    adapter, model, task = adapted()
+    train((adapter, model, task), steps=4)
     assert sum(layer.rank for layer in layers(model)) == 4
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
-    fresh = adapted()
+    fresh = adapted()[1]
     buffer.seek(0)
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     x = torch.randn(5, 16)
     before = model(x)["logits"]
     assert [layer.rank for layer in layers(fresh)] == [layer.rank for layer in layers(model)]
     assert torch.equal(fresh(x)["logits"], before)
-    merged = increlora.merge(model)
+    merged = adapter.export(model)
     assert all(type(layer) is torch.nn.Linear for layer in layers(merged))
     assert torch.allclose(merged(x)["logits"], before, atol=1e-5)
 
 
-def test_bad_input_is_a_config_error():
-    with pytest.raises(ConfigError):
-        adapted(init_r=3)
-    with pytest.raises(ConfigError):
-        adapted(max_r=1)
-    with pytest.raises(ConfigError):
-        adapted(interval=0)
+@pytest.mark.parametrize("settings, key", [({"init_r": 3}, "adapter.init_r"), ({"max_r": 1}, "adapter.max_r"),
+                                           ({"interval": 0}, "adapter.interval"), ({"max_r": 17}, "adapter.max_r")])
+def test_bad_input_is_a_config_error(adapted, settings, key):
+    with pytest.raises(ConfigError, match=key):
+        adapted(**settings)

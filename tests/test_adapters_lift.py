@@ -3,7 +3,6 @@ import torch
 
 from lrlab.adapters import lift
 from lrlab.errors import ConfigError
-from lrlab.models.classifier import mlp
 
 
 def test_principal_mask_on_a_hand_made_matrix():
@@ -20,12 +19,15 @@ def test_magnitude_mask_takes_the_largest_entries_of_w_itself():
     assert lift.principal_mask(weight, filter_rank=1, budget=2).tolist() != [0, 3]
 
 
-def test_magnitude_selection_moves_only_the_largest_weights():
-    torch.manual_seed(0)
-    model = lift.apply(mlp(16, 3, hidden=(32, 32)), ["body.1"], lora_rank=2, select="magnitude")
+ADAMW = {"_target_": "lrlab.optim.adamw.build", "lr": 1e-2, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
+
+
+def test_magnitude_selection_moves_only_the_largest_weights(method, tiny):
+    adapter = method("adapter", "lift", target_modules=["body.1"], lora_rank=2, select="magnitude", refresh_every=1000)
+    model = adapter.transform_model(tiny())
     weight = model.body[1].weight
     before = weight.detach().clone()
-    opt = lift.build(model, lr=1e-2, refresh_every=1000)
+    opt = adapter.build_optimizer(model, ADAMW)
     torch.nn.functional.cross_entropy(model(torch.randn(8, 16))["logits"], torch.randint(0, 3, (8,))).backward()
     opt.step()
     largest = torch.topk(before.abs().flatten(), (32 + 16) * 2).indices
@@ -33,15 +35,21 @@ def test_magnitude_selection_moves_only_the_largest_weights():
     assert set(changed.tolist()) <= set(largest.tolist()) and changed.numel() > 0
 
 
-def _model():
-    torch.manual_seed(0)
-    return lift.apply(mlp(16, 3, hidden=(32, 32)), ["body.1"], lora_rank=2, filter_rank=4, train_also=("head",))
+@pytest.fixture
+def lifted(method, tiny):
+    """(adapter, model, optimizer builder) for LIFT on body.1 with a rank-2 budget."""
+    def make(refresh_every=1000, **adamw):
+        adapter = method("adapter", "lift", target_modules=["body.1"], lora_rank=2, filter_rank=4,
+                         refresh_every=refresh_every)
+        model = adapter.transform_model(tiny())
+        return adapter, model, adapter.build_optimizer(model, {**ADAMW, **adamw})
+
+    return make
 
 
-def test_only_masked_entries_move_and_moments_are_sparse():
-    model = _model()
+def test_only_masked_entries_move_and_moments_are_sparse(lifted, make_task):
+    adapter, model, opt = lifted()
     before = model.body[1].weight.detach().clone()
-    opt = lift.build(model, lr=1e-2, refresh_every=1000)
     x, y = torch.randn(8, 16), torch.randint(0, 3, (8,))
     for _ in range(3):
         torch.nn.functional.cross_entropy(model(x)["logits"], y).backward()
@@ -53,13 +61,12 @@ def test_only_masked_entries_move_and_moments_are_sparse():
     changed = (model.body[1].weight.detach() != before).flatten().nonzero().squeeze(1)
     assert set(changed.tolist()) <= set(state["index"].tolist()) and changed.numel() > budget // 2
     assert opt.state[model.head.weight]["exp_avg"].numel() == model.head.weight.numel()
-    assert model.lrlab_trainable_params() == budget + 32 * 3 + 3  # K entries of body.1, the whole head
+    assert make_task(model, [adapter]).trainable_params() == budget + 32 * 3 + 3  # K entries of body.1, the whole head
     assert not model.body[3].weight.requires_grad
 
 
-def test_refresh_keeps_moments_of_surviving_entries():
-    model = _model()
-    opt = lift.build(model, lr=1e-1, betas=(0.9, 0.999), refresh_every=2)  # refreshes at steps 1 and 3
+def test_refresh_keeps_moments_of_surviving_entries(lifted):
+    _, model, opt = lifted(refresh_every=2, lr=1e-1)  # refreshes at steps 1 and 3
     x, y = torch.randn(8, 16), torch.randint(0, 3, (8,))
     weight = model.body[1].weight
     for _ in range(2):
@@ -80,8 +87,10 @@ def test_refresh_keeps_moments_of_surviving_entries():
     assert torch.allclose(new["exp_avg"][~kept], 0.1 * grad[fresh], atol=1e-7)
 
 
-def test_lift_optimizer_needs_the_adapter():
-    with pytest.raises(ConfigError):
-        lift.build(mlp(16, 3, hidden=(8,)))
-    with pytest.raises(ConfigError):
-        lift.apply(mlp(16, 3, hidden=(8,)), ["body.1"], select="random")
+def test_lift_refuses_another_optimizer_and_a_bad_select(method, tiny):
+    adapter = method("adapter", "lift", target_modules=["body.1"])
+    model = adapter.transform_model(tiny())
+    with pytest.raises(ConfigError, match="optimizer=adamw"):
+        adapter.build_optimizer(model, {"_target_": "lrlab.optim.lowrank_adam.build", "lr": 0.01})
+    with pytest.raises(ConfigError, match="adapter.select"):
+        method("adapter", "lift", select="random")

@@ -16,7 +16,7 @@ LORA_8 = 8 * (64 + 256) + 8 * (256 + 256)
     # hooks see the 0-based step just taken: ranks grow after steps 2 and 4 of 0..5
     (["adapter=increlora", "adapter.interval=2"], 3 * (64 + 256 + 1) + 3 * (256 + 256 + 1) + HEAD),
     (["adapter=adalora"], 12 * (64 + 256 + 1) + 12 * (256 + 256 + 1) + HEAD),
-    (["adapter=lift", "optimizer=lift"], LORA_8 + HEAD),  # K = (m + n) * 8 entries per weight
+    (["adapter=lift"], LORA_8 + HEAD),  # K = (m + n) * 8 entries per weight
 ])
 def test_adapter_trains_through_the_runner(make_cfg, overrides, expected):
     summary = run(make_cfg(DIGITS, "debug=smoke", *overrides))

@@ -2,7 +2,7 @@
 
 import torch
 
-from lrlab.adapters import peft_glue
+from lrlab.adapters.peft_glue import LoRA
 from lrlab.models.smollm2 import build, checkpoint_dir, tokenizer
 
 
@@ -11,7 +11,7 @@ def test_smollm2_loads_offline_and_takes_lora():
     assert (checkpoint_dir() / "config.json").exists()
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     ids = tokenizer()("The capital of France is", return_tensors="pt").input_ids
-    adapted = peft_glue.lora(model, ["q_proj", "v_proj"], r=4)
+    adapted = LoRA(r=4).transform_model(model)  # default targets for a Llama: q_proj, v_proj
     layers, hidden, kv = 30, 576, 192  # v_proj maps 576 -> 3 kv heads x 64
     assert sum(p.numel() for p in adapted.parameters() if p.requires_grad) == layers * 4 * ((576 + hidden) + (576 + kv))
     with torch.no_grad():

@@ -1,7 +1,8 @@
 import torch
 from torch import nn
 
-from lrlab.adapters import allora, peft_glue
+from lrlab.adapters.allora import ALLoRA
+from lrlab.adapters.peft_glue import LoRA
 from lrlab.callbacks.intruders import IntruderDimensions, effective_weight, intruder_directions
 from lrlab.models.classifier import mlp
 
@@ -10,7 +11,7 @@ def test_effective_weight_reads_lora_and_plain_layers():
     torch.manual_seed(0)
     plain = nn.Linear(6, 4)
     assert torch.allclose(effective_weight(plain, 6), plain.weight)
-    model = allora.apply(mlp(6, 2, hidden=(4,)), ["body.1"], r=2)
+    model = ALLoRA(["body.1"], r=2).transform_model(mlp(6, 2, hidden=(4,)))
     layer = model.body[1]
     with torch.no_grad():
         layer.lora_B.normal_()
@@ -36,7 +37,7 @@ class _Task(nn.Module):
 
 def test_callback_counts_and_mitigation_removes_intruders():
     torch.manual_seed(0)
-    task = _Task(peft_glue.lora(mlp(64, 2, hidden=(64,)), ["body.1"], r=1, alpha=1))
+    task = _Task(LoRA(["body.1"], r=1, alpha=1).transform_model(mlp(64, 2, hidden=(64,))))
     callback = IntruderDimensions(top_k=3, threshold=0.5, mitigate_lambda=0.0)
     callback.on_fit_start(None, task)
     assert callback.measure() == {"base_model.model.body.1": 0}

@@ -1,4 +1,4 @@
-"""Regularizers and ⊥Grad: hand-computed values, per-sample state, checkpoints, runner stacking."""
+"""Regularizers, losses and ⊥Grad: hand-computed values, per-sample state, checkpoints, runner stacking."""
 
 import io
 import math
@@ -11,9 +11,9 @@ from lrlab.optim.orthograd import OrthoGrad, orthogonalize
 from lrlab.regularizers.elr import ELR
 from lrlab.regularizers.nested_dropout import NestedDropout
 from lrlab.regularizers.nuclear import NuclearNorm
-from lrlab.regularizers.pskd import PSKD
-from lrlab.regularizers.sd_guidance import GuidedSelfDistillation
-from lrlab.regularizers.stablemax import StableMaxCE, log_stablemax, stablemax_s
+from lrlab.losses.pskd import PSKD
+from lrlab.losses.sd_guidance import GuidedSelfDistillation
+from lrlab.losses.stablemax import StableMaxCE, log_stablemax, stablemax_s
 from lrlab.train import run
 
 
@@ -22,27 +22,27 @@ def batch(y, index):
 
 
 def test_elr_target_update_and_term_by_hand():
-    elr = ELR(beta=0.7)
-    elr.setup(num_samples=3, num_classes=2)
+    elr = ELR(weight=3.0, beta=0.7)
+    elr.bind_data(num_samples=3, num_classes=2)
     logits = torch.tensor([[0.0, math.log(3.0)]])  # softmax = [0.25, 0.75]
-    term = elr({"logits": logits}, batch([1], [2]), None)
+    term = elr.loss_term(None, {"logits": logits}, batch([1], [2]))
     target = 0.3 * torch.tensor([0.25, 0.75])
     assert torch.allclose(elr.targets[2], target) and elr.targets[0].sum() == 0
-    assert term.item() == pytest.approx(math.log(1 - (0.25 * target[0] + 0.75 * target[1]).item()), rel=1e-6)
-    elr({"logits": logits}, batch([1], [2]), None)
+    assert term.item() == pytest.approx(3.0 * math.log(1 - (0.25 * target[0] + 0.75 * target[1]).item()), rel=1e-6)
+    elr.loss_term(None, {"logits": logits}, batch([1], [2]))
     assert torch.allclose(elr.targets[2], 0.7 * target + 0.3 * torch.tensor([0.25, 0.75]))
 
 
 def test_elr_clamps_probabilities():
     elr = ELR()
-    elr.setup(1, 2)
-    elr({"logits": torch.tensor([[100.0, -100.0]])}, batch([0], [0]), None)
+    elr.bind_data(1, 2)
+    elr.loss_term(None, {"logits": torch.tensor([[100.0, -100.0]])}, batch([0], [0]))
     assert elr.targets[0, 1] == pytest.approx(0.3 * 1e-4 / (1.0), rel=1e-3)
 
 
 def test_pskd_alpha_schedule_and_targets():
     pskd = PSKD(alpha_T=0.8, epochs=4)
-    pskd.setup(2, 3)
+    pskd.bind_data(2, 3)
     assert [pskd.alpha(e, 4) for e in range(4)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
     task = SimpleNamespace(current_epoch=0)
     logits = torch.tensor([[2.0, 0.0, 0.0]])
@@ -78,21 +78,21 @@ def test_nested_dropout_mask_distribution():
     expected = torch.exp(-(torch.arange(1, 65, dtype=torch.float64) / 10) ** 2)
     assert torch.allclose(p.double(), expected / expected.sum(), atol=1e-7)
     torch.manual_seed(0)
-    out = nd.transform_features(torch.ones(4000, 64), training=True)
+    out = nd.transform_features(torch.ones(4000, 64))
     kept = out.sum(1)
     assert (out == torch.arange(64)[None, :].lt(kept[:, None]).float()).all()  # prefixes only
     assert kept.mean().item() == pytest.approx((p * torch.arange(1, 65)).sum().item(), rel=0.05)
-    assert torch.equal(nd.transform_features(torch.ones(3, 64), training=False), torch.ones(3, 64))
 
 
 def test_nuclear_term_and_gradient_is_uv():
     layer = torch.nn.Linear(4, 6)
     task = SimpleNamespace(model=layer, global_step=0)
-    term = NuclearNorm()({"loss": torch.tensor(0.0)}, {}, task)
+    term = NuclearNorm(weight=0.5).loss_term(task, {}, {})
     u, s, vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
-    assert term.item() == pytest.approx(s.sum().item(), rel=1e-5)
+    assert term.item() == pytest.approx(0.5 * s.sum().item(), rel=1e-5)
     term.backward()
-    assert torch.allclose(layer.weight.grad, u @ vh, atol=1e-5)
+    assert torch.allclose(layer.weight.grad, 0.5 * u @ vh, atol=1e-5)
+    assert NuclearNorm(every=2).loss_term(SimpleNamespace(model=layer, global_step=1), {}, {}) is None
 
 
 def test_orthograd_is_orthogonal_and_keeps_the_norm():
@@ -108,8 +108,8 @@ def test_orthograd_is_orthogonal_and_keeps_the_norm():
 
 def test_per_sample_buffers_roundtrip_weights_only():
     elr, pskd = ELR(), PSKD(epochs=2)
-    for reg in (elr, pskd):
-        reg.setup(5, 3)
+    for method in (elr, pskd):
+        method.bind_data(5, 3)
     elr.targets.uniform_()
     pskd.predictions.uniform_()
     pskd.seen[2] = True
@@ -118,8 +118,8 @@ def test_per_sample_buffers_roundtrip_weights_only():
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=True)
     elr2, pskd2 = ELR(), PSKD(epochs=2)
-    elr2.setup(5, 3)
-    pskd2.setup(5, 3)
+    elr2.bind_data(5, 3)
+    pskd2.bind_data(5, 3)
     elr2.load_state_dict(loaded["elr"])
     pskd2.load_state_dict(loaded["pskd"])
     assert torch.equal(elr2.targets, elr.targets) and torch.equal(pskd2.predictions, pskd.predictions)
@@ -133,7 +133,7 @@ def test_stacked_regularizers_through_the_runner(make_cfg):
 
 def test_per_sample_state_resumes_exactly(make_cfg, tmp_path):
     n = 30  # > one epoch of digits at batch 64, so ELR targets and PS-KD predictions are live
-    common = ["experiment=baseline/digits_mlp_adamw", "regularizer=[elr,pskd]", f"trainer.max_steps={2 * n}",
+    common = ["experiment=baseline/digits_mlp_adamw", "regularizer=elr", "loss=pskd", f"trainer.max_steps={2 * n}",
               "trainer.val_check_interval=30", f"callbacks.checkpoint.every_n_train_steps={n}",
               "callbacks.checkpoint.save_top_k=-1"]
     run(make_cfg(*common, run="straight"))
@@ -141,7 +141,7 @@ def test_per_sample_state_resumes_exactly(make_cfg, tmp_path):
     run(make_cfg(*common, f"ckpt_path={mid}", run="resumed"))
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert "regularizers.0.targets" in a and "regularizers.1.predictions" in a
+    assert "methods.0.targets" in a and "loss.predictions" in a
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -151,8 +151,6 @@ def test_presets_smoke(make_cfg, preset):
     assert run(make_cfg(f"experiment={preset}", "debug=smoke"))["status"] == "completed"
 
 
-def test_heavy_wd_sets_decay_and_stacks_without_a_loss_term(make_cfg):
-    cfg = make_cfg("experiment=elr/mnist5k_sym40", "regularizer=[elr,heavy_wd]")
-    assert cfg.optimizer.weight_decay == 3.0 and list(cfg.regularizer) == ["elr"]
-    alone = make_cfg("experiment=heavy_wd/llama_tiny_cpu")
-    assert alone.optimizer.weight_decay == 3.0 and not alone.regularizer
+def test_heavy_wd_is_a_preset_of_adamw_decay(make_cfg):
+    cfg = make_cfg("experiment=heavy_wd/llama_tiny_cpu")
+    assert cfg.optimizer.weight_decay == 3.0 and cfg.optimizer._target_.endswith("adamw.build") and not cfg.regularizer

@@ -1,9 +1,10 @@
-"""GradNormLoRP: the reparametrisation keeps the function; gradients split as the rule says."""
+"""GradNormLoRP = weight norm (parametrization) + GaLore: the reparametrisation keeps the function,
+the gradients split as the rule says, the direction is projected and the magnitude is not."""
 
 import torch
 from torch import nn
 
-from lrlab.optim import gradnorm_lorp
+from lrlab.optim import lowrank_adam
 from lrlab.train import run
 
 
@@ -13,13 +14,15 @@ class Block(nn.Module):
         self.attn = nn.Linear(6, 5, bias=False)
 
 
-def test_function_unchanged_and_gradients_split():
+def test_function_unchanged_and_gradients_split(method):
     torch.manual_seed(0)
     model = Block()
     weight = model.attn.weight.detach().clone()
     x = torch.randn(4, 6)
     before = model.attn(x)
-    opt = gradnorm_lorp.build(model, rank=2, update_proj_gap=3)
+    weight_norm = method("parametrization", "weight_norm")
+    model = weight_norm.transform_model(model)
+    opt = lowrank_adam.build(model, rank=2, update_proj_gap=3)
     assert torch.allclose(model.attn(x), before, atol=1e-6)
     g, v = model.attn.parametrizations.weight.original0, model.attn.parametrizations.weight.original1
     assert torch.allclose(g.squeeze(1), weight.norm(dim=1)) and opt.param_groups[0]["params"] == [v]
@@ -30,8 +33,11 @@ def test_function_unchanged_and_gradients_split():
     assert torch.allclose(g.grad.squeeze(1), (full_grad * direction).sum(1), atol=1e-5)
     radial = (full_grad * direction).sum(1, keepdim=True) * direction
     assert torch.allclose(v.grad, (full_grad - radial) * (g / v.norm(dim=1, keepdim=True)), atol=1e-5)
+    assert opt.param_groups[1]["params"] == [g]  # the m x 1 magnitude: full Adam
     opt.step()
-    assert gradnorm_lorp.build(model, rank=2).param_groups[0]["params"] == [v]  # idempotent
+    exported = weight_norm.export(model)
+    assert isinstance(exported.attn.weight, nn.Parameter)
+    assert torch.allclose(exported.attn.weight, g * v / v.norm(dim=1, keepdim=True))
 
 
 def test_preset_trains_and_resumes(make_cfg, tmp_path):

@@ -16,11 +16,11 @@ import lightning as L
 import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lrlab import conf_dir, resolvers  # noqa: F401  (registers ${mul:...})
+from lrlab.build import build_parts, check_single_choices
+from lrlab.instantiate import instantiate_node
 from lrlab.callbacks import summary as summary_io
 from lrlab.callbacks.interrupt import GracefulInterrupt
 from lrlab.callbacks.memory import PeakMemory
@@ -35,6 +35,7 @@ RUN_KEYS = ("paths", "run_name", "resume", "ckpt_path", "hydra", "logger", "call
 
 def compose(overrides: list[str] | tuple = (), run_dir: str | None = None) -> DictConfig:
     """The composed config, as `lrlab train` would build it; `run_dir` fixes `paths.run_dir`."""
+    check_single_choices(overrides)
     extra = [f"paths.run_dir={run_dir}"] if run_dir else []
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         return hydra_compose("train", overrides=[*overrides, *extra])
@@ -55,42 +56,6 @@ def git_sha() -> str:
     return os.environ.get("LRLAB_GIT_SHA", "unknown")
 
 
-def _instantiate(node, key: str, **kwargs):
-    plain = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in ("task", "info")}
-    try:
-        return instantiate(plain, _convert_="all", **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        reason = str(cause or err).splitlines()[0]
-        raise ConfigError(key, plain.get("_target_"), f"cannot be built: {reason}") from None
-
-
-def build_parts(cfg: DictConfig):
-    """Instantiate data, model, adapter, regularizers and task; shared by `run` and `validate`."""
-    model_task, data_task = cfg.model.get("task"), cfg.data.get("task")
-    require(model_task == data_task, "model", cfg.model._target_,
-            f"is a {model_task} model but data is {data_task}: choose a matching model/data pair")
-    datamodule = _instantiate(cfg.data, "data")
-    model = _instantiate(cfg.model, "model")
-    model = _instantiate(cfg.adapter, "adapter", model=model) if cfg.adapter else model
-    regularizers = [_instantiate(node, f"regularizer.{name}") for name, node in (cfg.regularizer or {}).items()]
-    optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True)
-    args = dict(model=model, optimizer=optimizer, scheduler=scheduler,
-                total_steps=int(cfg.trainer.max_steps), regularizers=regularizers)
-    if data_task == "classify":
-        from lrlab.tasks.classify import ClassifyTask
-
-        task = ClassifyTask(**args, num_classes=int(cfg.data.info.num_classes))
-    else:
-        from lrlab.tasks.causal_lm import CausalLMTask
-
-        task = CausalLMTask(**args)
-    return datamodule, task
-
-
 def check_optimizer(task) -> None:
     """Build the optimizer once up front, so its bad hyperparameters fail before training."""
     task.configure_optimizers()
@@ -103,8 +68,8 @@ def _progress_bar(cfg: DictConfig) -> bool:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, own_callbacks: list) -> L.Trainer:
-    callbacks = [_instantiate(node, f"callbacks.{name}") for name, node in (cfg.callbacks or {}).items()]
-    loggers = [_instantiate(node, f"logger.{name}") for name, node in (cfg.logger or {}).items()]
+    callbacks = [instantiate_node(node, f"callbacks.{name}") for name, node in (cfg.callbacks or {}).items()]
+    loggers = [instantiate_node(node, f"logger.{name}") for name, node in (cfg.logger or {}).items()]
     if not loggers:  # the lr monitor needs somewhere to write
         callbacks = [cb for cb in callbacks if type(cb).__name__ != "LearningRateMonitor"]
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()

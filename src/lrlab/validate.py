@@ -30,7 +30,8 @@ def check(preset: str, overrides: list[str]) -> str | None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from lrlab.train import build_parts, check_optimizer, compose
+    from lrlab.build import build_parts
+    from lrlab.train import check_optimizer, compose
     from lrlab.validation import check_config
 
     try:

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from lrlab.adapters.base import merge_modules, replace_linears, train_fully
+from lrlab.adapters.base import Adapter, check_rank, merge_modules, replace_linears, targeted
 from lrlab.errors import require
 
 
@@ -46,15 +46,18 @@ class ALLoRALinear(nn.Module):
         return merged
 
 
-def apply(model: nn.Module, target_modules: list[str], r: int = 8, eta: float = 4.0, norm_dim: int = 1,
-          train_also: tuple[str, ...] = ()) -> nn.Module:
-    require(r >= 1, "adapter.r", r, "an integer >= 1")
-    require(eta > 0, "adapter.eta", eta, "a positive float")
-    require(norm_dim in (0, 1), "adapter.norm_dim", norm_dim, "0 or 1")
-    model.requires_grad_(False)
-    replace_linears(model, list(target_modules), lambda lin: ALLoRALinear(lin, r, eta, norm_dim))
-    return train_fully(model, list(train_also))
+class ALLoRA(Adapter):
+    def __init__(self, target_modules=None, r: int = 8, eta: float = 4.0, norm_dim: int = 1, train_also=None):
+        super().__init__(target_modules, train_also)
+        require(eta > 0, "adapter.eta", eta, "a positive float")
+        require(norm_dim in (0, 1), "adapter.norm_dim", norm_dim, "0 or 1")
+        self.r, self.eta, self.norm_dim = r, eta, norm_dim
 
+    def adapt(self, model: nn.Module) -> nn.Module:
+        check_rank(targeted(model, self.target_modules), self.r)
+        model.requires_grad_(False)
+        replace_linears(model, self.target_modules, lambda lin: ALLoRALinear(lin, self.r, self.eta, self.norm_dim))
+        return model
 
-def merge(model: nn.Module) -> nn.Module:
-    return merge_modules(model, ALLoRALinear)
+    def export(self, model: nn.Module) -> nn.Module:
+        return merge_modules(model, ALLoRALinear)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrlab.adapters.peft_glue import pissa
+from lrlab.adapters.peft_glue import LoRA
 from lrlab.errors import require
 
 
@@ -56,12 +56,13 @@ def svd_term(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @contextmanager
-def _values(initial: dict):
-    """Temporarily give each parameter its stored initial value."""
+def _values(model: nn.Module, initial: dict[str, torch.Tensor]):
+    """Temporarily give each parameter named in `initial` its stored value."""
     saved = {}
-    for param in initial:
-        initial[param] = initial[param].to(param.device)
-        saved[param], param.data = param.data, initial[param]
+    for name, param in model.named_parameters():
+        if name in initial:
+            initial[name] = initial[name].to(param.device)
+            saved[param], param.data = param.data, initial[name]
     try:
         yield
     finally:
@@ -69,36 +70,35 @@ def _values(initial: dict):
             param.data = data
 
 
-def pretrained_logits(task, batch: dict, initial: dict) -> torch.Tensor:
+def pretrained_logits(task, batch: dict, initial: dict[str, torch.Tensor]) -> torch.Tensor:
     """The frozen pre-trained model's logits for `batch` (eval mode, no gradient)."""
     training = task.model.training
     task.model.eval()
     try:
-        with torch.no_grad(), _values(initial):
+        with torch.no_grad(), _values(task.model, initial):
             return task.forward_batch(batch)["logits"]
     finally:
         task.model.train(training)
 
 
-def apply(model: nn.Module, target_modules: list[str], r: int = 8, alpha: float | None = None, dropout: float = 0.0,
-          lambda1: float = 1e-4, lambda2: float = 3e-4, lambda3: float = 1e-4, k: int = 3,
-          train_also: tuple[str, ...] = ()) -> nn.Module:
-    for key, value in (("lambda1", lambda1), ("lambda2", lambda2), ("lambda3", lambda3)):
-        require(value >= 0, f"adapter.{key}", value, "a weight >= 0")
-    require(k >= 1, "adapter.k", k, "an integer >= 1 (top singular values in the svd term)")
-    model = pissa(model, target_modules, r, alpha, dropout, train_also)
-    model.lrlab_penalty = Penalty(model, (lambda1, lambda2, lambda3), k)
-    return model
+class BALoRA(LoRA):
+    """PiSSA LoRA whose `loss_term` is lambda1 * consistency + lambda2 * diversity + lambda3 * svd."""
 
+    def __init__(self, target_modules=None, r: int = 8, alpha: float | None = None, dropout: float = 0.0,
+                 lambda1: float = 1e-4, lambda2: float = 3e-4, lambda3: float = 1e-4, k: int = 3, train_also=None):
+        super().__init__(target_modules, r, alpha, dropout, train_also, init="pissa")
+        for key, value in (("lambda1", lambda1), ("lambda2", lambda2), ("lambda3", lambda3)):
+            require(value >= 0, f"adapter.{key}", value, "a weight >= 0")
+        require(k >= 1, "adapter.k", k, "an integer >= 1 (top singular values in the svd term)")
+        self.lambdas, self.k = (lambda1, lambda2, lambda3), k
+        self.initial: dict[str, torch.Tensor] = {}
 
-class Penalty:
-    """lambda1 * consistency + lambda2 * diversity + lambda3 * svd for the batch's logits."""
+    def transform_model(self, model: nn.Module) -> nn.Module:
+        model = super().transform_model(model)
+        self.initial = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        return model
 
-    def __init__(self, model: nn.Module, lambdas: tuple[float, float, float], k: int):
-        self.initial = {p: p.detach().clone() for p in model.parameters() if p.requires_grad}
-        self.lambdas, self.k = lambdas, k
-
-    def __call__(self, task, outputs: dict, batch: dict) -> torch.Tensor:
+    def loss_term(self, task, outputs: dict, batch: dict) -> torch.Tensor:
         logits = outputs["logits"]
         frozen = pretrained_logits(task, batch, self.initial)
         terms = (consistency(logits, frozen), diversity(logits), svd_term(logits, self.k))

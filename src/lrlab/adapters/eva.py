@@ -9,10 +9,9 @@ function. Rank redistribution: each layer may take up to `rho * r` components; t
 `r * layers` goes to the components with the largest explained-variance ratio over all layers
 (`rho = 1`: every layer keeps r). PEFT rescales alpha by new_rank / r.
 
-How it plugs in: the init needs downstream batches, so `apply` returns the PEFT model with an
-init hook (`model.lrlab_init_hooks`, see `lrlab.adapters.base`) that the task runs once at the
-start of `fit` with the train loader, before the optimizer is built (ranks change the parameter
-set). Batches are our `{"x", "y", ...}` dicts: the forward is `model(batch["x"])`; for token
+How it plugs in: the init needs downstream batches, so it is the `init_from_data` hook
+(`lrlab.protocol`), which the task runs once at the start of `fit` with the train loader, before
+the optimizer is built (ranks change the parameter set). Batches are our `{"x", "y", ...}` dicts: the forward is `model(batch["x"])`; for token
 inputs (`x` a dict with `attention_mask`) only non-padding positions enter the SVD.
 """
 
@@ -22,8 +21,7 @@ import peft
 import torch
 from torch import nn
 
-from lrlab.adapters.base import train_fully
-from lrlab.adapters.peft_glue import _lora_config
+from lrlab.adapters.base import Adapter, check_rank, targeted
 from lrlab.errors import require
 
 
@@ -45,21 +43,28 @@ def layer_rows(layer_input, mask: torch.Tensor | None, layer_name: str) -> torch
     return h.reshape(-1, h.shape[-1])
 
 
-def initialize(model: nn.Module, loader) -> None:
-    peft.initialize_lora_eva_weights(model, loader, forward_fn=forward, prepare_model_inputs_fn=token_mask,
-                                     prepare_layer_inputs_fn=layer_rows, show_progress_bar=False)
+class EVA(Adapter):
+    def __init__(self, target_modules=None, r: int = 8, alpha: float = 16.0, dropout: float = 0.0, rho: float = 2.0,
+                 tau: float = 0.99, train_also=None):
+        super().__init__(target_modules, train_also)
+        require(rho >= 1, "adapter.rho", rho, "a number >= 1 (the largest rank a layer may take is rho * r)")
+        require(0 < tau <= 1, "adapter.tau", tau, "a cosine threshold in (0, 1]")
+        self.r, self.alpha, self.dropout, self.rho, self.tau = r, alpha, dropout, rho, tau
 
+    def adapt(self, model: nn.Module) -> nn.Module:
+        check_rank(targeted(model, self.target_modules), self.r)
+        config = peft.LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                                 target_modules=self.target_modules, init_lora_weights="eva",
+                                 eva_config=peft.EvaConfig(rho=self.rho, tau=self.tau))
+        with warnings.catch_warnings():
+            # PEFT suggests meta-device LoRA weights until the init; they could not be moved to the
+            # training device before it, and next to the model they are small
+            warnings.filterwarnings("ignore", message="lora with eva initialization")
+            return peft.get_peft_model(model, config)
 
-def apply(model: nn.Module, target_modules: list[str], r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-          rho: float = 2.0, tau: float = 0.99, train_also: tuple[str, ...] = ()) -> nn.Module:
-    require(rho >= 1, "adapter.rho", rho, "a number >= 1 (the largest rank a layer may take is rho * r)")
-    require(0 < tau <= 1, "adapter.tau", tau, "a cosine threshold in (0, 1]")
-    config = _lora_config(r, alpha, dropout, target_modules, init_lora_weights="eva",
-                          eva_config=peft.EvaConfig(rho=rho, tau=tau))
-    with warnings.catch_warnings():
-        # PEFT suggests meta-device LoRA weights until the init; they could not be moved to the
-        # training device before it, and next to the model they are small
-        warnings.filterwarnings("ignore", message="lora with eva initialization")
-        model = peft.get_peft_model(model, config)
-    model.lrlab_init_hooks = [lambda task, loader: initialize(model, loader)]
-    return train_fully(model, list(train_also))
+    def init_from_data(self, task, loader) -> None:
+        peft.initialize_lora_eva_weights(task.model, loader, forward_fn=forward, prepare_model_inputs_fn=token_mask,
+                                         prepare_layer_inputs_fn=layer_rows, show_progress_bar=False)
+
+    def export(self, model: nn.Module) -> nn.Module:
+        return model.merge_and_unload()

@@ -21,7 +21,7 @@ Decisions:
 - The scale alpha / target_r is constant (the reference divides by the current rank, which
   rescales the existing update every time a rank is added). No "advance learning" of reserve ranks.
 - The summary's `trainable_params` counts the active ranks, sum r_active (in + out + 1), plus the
-  other trainable parameters (`model.lrlab_trainable_params`).
+  other trainable parameters (`trained_entries`).
 - dW is formed explicitly each forward (one out x in matrix per layer) so its gradient gives the
   score; the layer applies W + dW in a single linear.
 Masks and smoothed scores are buffers, so checkpoints restore the allocation exactly.
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrlab.adapters.base import merge_modules, replace_linears, train_fully, trainable_count
+from lrlab.adapters.base import Adapter, check_rank, merge_modules, off_identity, replace_linears, targeted
 from lrlab.errors import require
 
 INIT_STD = 0.02
@@ -80,13 +80,12 @@ class IncreLoRALinear(nn.Module):
 
     def orthogonality(self) -> torch.Tensor:
         q, p = self.lora_A[self.active], self.lora_B[:, self.active]
-        eye = torch.eye(self.rank, device=q.device, dtype=q.dtype)
-        return torch.linalg.norm(q @ q.T - eye, "fro") + torch.linalg.norm(p.T @ p - eye, "fro")
+        return off_identity(q @ q.T) + off_identity(p.T @ p)
 
-    def active_entries(self) -> dict:
-        """Trainable entries of each factor: those of the active ranks."""
-        return {self.lora_A: self.rank * self.base.in_features, self.lora_E: self.rank,
-                self.lora_B: self.base.out_features * self.rank}
+    def active_entries(self, prefix: str) -> dict[str, int]:
+        """Trainable entries of each factor (by parameter name under `prefix`): the active ranks'."""
+        return {f"{prefix}.lora_A": self.rank * self.base.in_features, f"{prefix}.lora_E": self.rank,
+                f"{prefix}.lora_B": self.base.out_features * self.rank}
 
     def merged(self) -> nn.Linear:
         merged = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
@@ -96,56 +95,54 @@ class IncreLoRALinear(nn.Module):
         return merged
 
 
-class Allocator:
-    """After each optimizer step: smooth the scores, and every `interval` steps grow the top modules."""
+def layers(model: nn.Module) -> list[IncreLoRALinear]:
+    return [m for m in model.modules() if isinstance(m, IncreLoRALinear)]
 
-    def __init__(self, layers: list[IncreLoRALinear], target_total: int, interval: int, top_h: int, warmup: int,
-                 beta1: float, beta2: float):
-        self.layers, self.target_total = layers, target_total
+
+class IncreLoRA(Adapter):
+    def __init__(self, target_modules=None, init_r: int = 1, target_r: int = 8, max_r: int = 16, alpha: float = 16.0,
+                 interval: int = 10, top_h: int = 2, warmup: int = 0, beta1: float = 0.85, beta2: float = 0.85,
+                 orth_reg_weight: float = 0.1, train_also=None):
+        super().__init__(target_modules, train_also)
+        require(1 <= init_r <= target_r, "adapter.init_r", init_r, f"an integer in [1, target_r={target_r}]")
+        require(target_r <= max_r, "adapter.max_r", max_r, f"an integer >= target_r={target_r}")
+        require(interval >= 1, "adapter.interval", interval, "an integer >= 1 (optimizer steps between growths)")
+        require(top_h >= 1, "adapter.top_h", top_h, "an integer >= 1 (modules grown per round)")
+        require(0 < beta1 < 1 and 0 < beta2 < 1, "adapter.beta1/beta2", (beta1, beta2), "fractions in (0, 1)")
+        self.init_r, self.target_r, self.max_r, self.alpha = init_r, target_r, max_r, alpha
         self.interval, self.top_h, self.warmup, self.beta1, self.beta2 = interval, top_h, warmup, beta1, beta2
+        self.orth_reg_weight = orth_reg_weight
 
-    def total(self) -> int:
-        return sum(layer.rank for layer in self.layers)
+    def adapt(self, model: nn.Module) -> nn.Module:
+        check_rank(targeted(model, self.target_modules), self.max_r, "adapter.max_r")
+        model.requires_grad_(False)
+        replace_linears(model, self.target_modules,
+                        lambda lin: IncreLoRALinear(lin, self.init_r, self.max_r, self.alpha / self.target_r))
+        return model
 
-    def __call__(self, task, step: int) -> None:
-        if self.total() >= self.target_total:
+    def after_step(self, task, step: int) -> None:
+        """Smooth the scores; every `interval` steps grow the top modules, until the budget is met."""
+        adapted = layers(task.model)
+        if sum(layer.rank for layer in adapted) >= self.target_r * len(adapted):
             return
-        for layer in self.layers:
+        for layer in adapted:
             layer.update_importance(self.beta1, self.beta2)
         if step > self.warmup and step % self.interval == 0:
-            self.grow()
+            self.grow(adapted)
 
-    def grow(self) -> None:
-        eligible = [layer for layer in self.layers if layer.rank < layer.lora_E.numel()]
-        count = min(self.top_h, self.target_total - self.total())
+    def grow(self, adapted: list[IncreLoRALinear]) -> None:
+        eligible = [layer for layer in adapted if layer.rank < layer.lora_E.numel()]
+        count = min(self.top_h, self.target_r * len(adapted) - sum(layer.rank for layer in adapted))
         for layer in sorted(eligible, key=IncreLoRALinear.importance, reverse=True)[:count]:
             layer.add_rank()
 
+    def loss_term(self, task, outputs: dict, batch: dict) -> torch.Tensor:
+        adapted = layers(task.model)
+        return self.orth_reg_weight * (sum(layer.orthogonality() for layer in adapted) / (2 * len(adapted)))
 
-def apply(model: nn.Module, target_modules: list[str], init_r: int = 1, target_r: int = 8, max_r: int = 16,
-          alpha: float = 16.0, interval: int = 10, top_h: int = 2, warmup: int = 0, beta1: float = 0.85,
-          beta2: float = 0.85, orth_reg_weight: float = 0.1, train_also: tuple[str, ...] = ()) -> nn.Module:
-    require(1 <= init_r <= target_r, "adapter.init_r", init_r, f"an integer in [1, target_r={target_r}]")
-    require(target_r <= max_r, "adapter.max_r", max_r, f"an integer >= target_r={target_r}")
-    require(interval >= 1, "adapter.interval", interval, "an integer >= 1 (optimizer steps between growths)")
-    require(top_h >= 1, "adapter.top_h", top_h, "an integer >= 1 (modules grown per round)")
-    require(0 < beta1 < 1 and 0 < beta2 < 1, "adapter.beta1/beta2", (beta1, beta2), "fractions in (0, 1)")
-    model.requires_grad_(False)
-    layers = []
+    def trained_entries(self, model: nn.Module) -> dict[str, int]:
+        return {name: count for module_name, layer in model.named_modules() if isinstance(layer, IncreLoRALinear)
+                for name, count in layer.active_entries(module_name).items()}
 
-    def wrap(linear: nn.Linear) -> IncreLoRALinear:
-        layers.append(IncreLoRALinear(linear, init_r, max_r, alpha / target_r))
-        return layers[-1]
-
-    replace_linears(model, list(target_modules), wrap)
-    model = train_fully(model, list(train_also))
-    model.lrlab_hooks = [Allocator(layers, target_r * len(layers), interval, top_h, warmup, beta1, beta2)]
-    model.lrlab_penalty = lambda task, outputs, batch: orth_reg_weight * (
-        sum(layer.orthogonality() for layer in layers) / (2 * len(layers)))
-    model.lrlab_trainable_params = lambda: trainable_count(
-        model, {p: n for layer in layers for p, n in layer.active_entries().items()})
-    return model
-
-
-def merge(model: nn.Module) -> nn.Module:
-    return merge_modules(model, IncreLoRALinear)
+    def export(self, model: nn.Module) -> nn.Module:
+        return merge_modules(model, IncreLoRALinear)

@@ -10,16 +10,17 @@ weight; moments of entries kept by both masks carry over, new entries start from
 Baseline: `select: magnitude` keeps the K entries of largest |W| itself (plain magnitude-sparse
 fine-tuning at the same budget, no rank reduction); everything else is the same.
 
-How it plugs in: LIFT is an adapter + optimizer pair. `apply` (the adapter) marks the target
-weights and `train_also` modules trainable and records the targets on `model.lrlab_lift`; the
-optimizer builder `build` (config `conf/optimizer/lift.yaml`) reads them, runs masked AdamW on
-the targets and dense AdamW on every other trainable parameter. A preset selects both.
+How it plugs in: LIFT is one method that also supplies its optimizer. `transform_model` marks the
+target weights and `train_also` modules trainable and records each target's budget by parameter
+name; `build_optimizer` runs masked AdamW on the targets and dense AdamW on every other trainable
+parameter, with the `optimizer` group's lr, betas, eps and weight decay (so `optimizer=adamw`,
+the default; any other optimizer choice is refused).
 """
 
 import torch
 from torch import nn
 
-from lrlab.adapters.base import is_target, train_fully, trainable_count
+from lrlab.adapters.base import Adapter, targeted
 from lrlab.errors import require
 
 
@@ -39,24 +40,6 @@ def magnitude_mask(weight: torch.Tensor, filter_rank: int, budget: int) -> torch
 
 
 MASKS = {"principal": principal_mask, "magnitude": magnitude_mask}
-
-
-def apply(model: nn.Module, target_modules: list[str], lora_rank: int = 8, filter_rank: int = 8,
-          select: str = "principal", train_also: tuple[str, ...] = ()) -> nn.Module:
-    require(lora_rank >= 1, "adapter.lora_rank", lora_rank, "an integer >= 1")
-    require(filter_rank >= 1, "adapter.filter_rank", filter_rank, "an integer >= 1")
-    require(select in MASKS, "adapter.select", select, f"one of {', '.join(MASKS)}")
-    model.requires_grad_(False)
-    targets = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and is_target(name, target_modules):
-            module.weight.requires_grad_(True)
-            targets[module.weight] = min(sum(module.weight.shape) * lora_rank, module.weight.numel())
-    require(bool(targets), "adapter.target_modules", target_modules, "names of nn.Linear modules in the model")
-    model.lrlab_lift = {"budgets": targets, "filter_rank": filter_rank, "select": select}
-    model = train_fully(model, list(train_also))
-    model.lrlab_trainable_params = lambda: trainable_count(model, targets)
-    return model
 
 
 class MaskedAdamW(torch.optim.Optimizer):
@@ -110,13 +93,36 @@ class MaskedAdamW(torch.optim.Optimizer):
         return loss
 
 
-def build(model: nn.Module, lr: float = 1e-4, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-          refresh_every: int = 100) -> torch.optim.Optimizer:
-    spec = getattr(model, "lrlab_lift", None)
-    if spec is None:  # a Lightning task wraps the adapted model
-        spec = getattr(getattr(model, "model", None), "lrlab_lift", None)
-    require(spec is not None, "optimizer", "lift", "used together with adapter=lift")
-    require(refresh_every >= 1, "optimizer.refresh_every", refresh_every, "an integer >= 1")
-    params = [p for p in model.parameters() if p.requires_grad]
-    return MaskedAdamW(params, spec["budgets"], spec["filter_rank"], lr=lr, betas=tuple(betas), eps=eps,
-                       weight_decay=weight_decay, refresh_every=refresh_every, select=spec["select"])
+ADAMW_KEYS = ("lr", "betas", "eps", "weight_decay")
+
+
+class LIFT(Adapter):
+    def __init__(self, target_modules=None, lora_rank: int = 8, filter_rank: int = 8, select: str = "principal",
+                 refresh_every: int = 100, train_also=None):
+        super().__init__(target_modules, train_also)
+        require(lora_rank >= 1, "adapter.lora_rank", lora_rank, "an integer >= 1")
+        require(filter_rank >= 1, "adapter.filter_rank", filter_rank, "an integer >= 1")
+        require(select in MASKS, "adapter.select", select, f"one of {', '.join(MASKS)}")
+        require(refresh_every >= 1, "adapter.refresh_every", refresh_every, "an integer >= 1")
+        self.lora_rank, self.filter_rank, self.select, self.refresh_every = lora_rank, filter_rank, select, refresh_every
+        self.budgets: dict[str, int] = {}
+
+    def adapt(self, model: nn.Module) -> nn.Module:
+        model.requires_grad_(False)
+        for name, module in targeted(model, self.target_modules):
+            module.weight.requires_grad_(True)
+            self.budgets[f"{name}.weight"] = min(sum(module.weight.shape) * self.lora_rank, module.weight.numel())
+        return model
+
+    def build_optimizer(self, model: nn.Module, optimizer: dict) -> torch.optim.Optimizer:
+        require(str(optimizer.get("_target_", "")).endswith("adamw.build"), "optimizer", optimizer.get("_target_"),
+                "adapter=lift supplies its masked AdamW: use optimizer=adamw (its lr, betas, eps, weight_decay)")
+        params = dict(model.named_parameters())
+        budgets = {params[name]: budget for name, budget in self.budgets.items()}
+        hyper = {key: optimizer[key] for key in ADAMW_KEYS if key in optimizer}
+        hyper["betas"] = tuple(hyper.get("betas", (0.9, 0.999)))
+        return MaskedAdamW([p for p in model.parameters() if p.requires_grad], budgets, self.filter_rank,
+                           refresh_every=self.refresh_every, select=self.select, **hyper)
+
+    def trained_entries(self, model: nn.Module) -> dict[str, int]:
+        return dict(self.budgets)

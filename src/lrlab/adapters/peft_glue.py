@@ -1,15 +1,18 @@
-"""PEFT-backed adapters: LoRA, DoRA, rsLoRA, PiSSA, AdaLoRA, MiSS.
+"""PEFT-backed adapters: LoRA, DoRA, rsLoRA, PiSSA (one class, `LoRA`), AdaLoRA and MiSS.
 
-Each function wraps the model with `peft.get_peft_model` and then lets the modules named in
-`train_also` (e.g. a freshly initialised classifier `head`) train fully.
+Each wraps the model with `peft.get_peft_model`; the modules named in `train_also` (e.g. a freshly
+initialised classifier `head`) train fully.
 
 - LoRA (Hu et al., 2021): W x + (alpha / r) B A x, A ~ Kaiming, B = 0.
-- rsLoRA (Kalajdzievski, 2023): same, scaled by alpha / sqrt(r).
-- DoRA (Liu et al., 2024): m * (W + s B A) / ||W + s B A||_col, magnitude m trains.
-- PiSSA (Meng et al., 2024): A, B from the top-r singular triplets of W, residual kept frozen.
+- rsLoRA (Kalajdzievski, 2023): same, scaled by alpha / sqrt(r) (`use_rslora`).
+- DoRA (Liu et al., 2024): m * (W + s B A) / ||W + s B A||_col, magnitude m trains (`use_dora`).
+- PiSSA (Meng et al., 2024): A, B from the top-r singular triplets of W, residual kept frozen
+  (`init: pissa`; alpha defaults to r, so the principal part is reproduced exactly at scale 1).
 - AdaLoRA (Zhang et al., 2023): W + P diag(lambda) Q, ranks pruned by sensitivity from `init_r`
-  to a budget `target_r`; `model.lrlab_hooks` runs `update_and_allocate(step)` after each
-  optimizer step and `model.lrlab_penalty` adds `orth_reg_weight * sum ||P^T P - I||_F + ||Q Q^T - I||_F`.
+  to a budget `target_r`; `after_step` runs `update_and_allocate(step)` while this step's
+  gradients are present, and `loss_term` adds
+  `orth_reg_weight * sum ||P^T P - I||_F + ||Q Q^T - I||_F` (PEFT adds it only to a model output
+  with a `.loss`).
 - MiSS (Kang & Yin, 2024): a shared shard matrix expanded over the weight (PEFT `MissConfig`).
 """
 
@@ -17,77 +20,73 @@ import peft
 import torch
 from torch import nn
 
-from lrlab.adapters.base import train_fully
+from lrlab.adapters.base import Adapter, check_rank, off_identity, targeted
 from lrlab.errors import require
 
-
-def _lora_config(r, alpha, dropout, target_modules, **extra) -> peft.LoraConfig:
-    require(r >= 1, "adapter.r", r, "an integer >= 1")
-    require(bool(target_modules), "adapter.target_modules", target_modules, "a non-empty list of module names")
-    return peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), **extra)
+LORA_INITS = (True, False, "gaussian", "pissa", "olora", "orthogonal")
 
 
-def lora(model: nn.Module, target_modules: list[str], r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-         train_also: tuple[str, ...] = (), init: str | bool = True, use_dora: bool = False,
-         use_rslora: bool = False) -> nn.Module:
-    """LoRA and its PEFT variants (`init=pissa` for PiSSA, `use_dora`, `use_rslora`)."""
-    allowed_init = (True, False, "gaussian", "pissa", "olora", "orthogonal")
-    require(init in allowed_init, "adapter.init", init, f"one of {allowed_init}")
-    config = _lora_config(r, alpha, dropout, target_modules, init_lora_weights=init, use_dora=use_dora,
-                          use_rslora=use_rslora)
-    return train_fully(peft.get_peft_model(model, config), list(train_also))
+class PeftAdapter(Adapter):
+    """An adapter built from a PEFT config; `export` merges it into the base weights."""
+
+    def peft_config(self, model: nn.Module):
+        raise NotImplementedError
+
+    def adapt(self, model: nn.Module) -> nn.Module:
+        return peft.get_peft_model(model, self.peft_config(model))
+
+    def export(self, model: nn.Module) -> nn.Module:
+        return model.merge_and_unload()
 
 
-def dora(model, target_modules, r=8, alpha=16.0, dropout=0.0, train_also=()):
-    return lora(model, target_modules, r, alpha, dropout, train_also, use_dora=True)
+class LoRA(PeftAdapter):
+    def __init__(self, target_modules=None, r: int = 8, alpha: float | None = 16.0, dropout: float = 0.0,
+                 train_also=None, init: str | bool = True, use_dora: bool = False, use_rslora: bool = False):
+        super().__init__(target_modules, train_also)
+        require(init in LORA_INITS, "adapter.init", init, f"one of {LORA_INITS}")
+        self.r, self.alpha, self.dropout = r, (r if alpha is None else alpha), dropout
+        self.init, self.use_dora, self.use_rslora = init, use_dora, use_rslora
+
+    def peft_config(self, model: nn.Module) -> peft.LoraConfig:
+        check_rank(targeted(model, self.target_modules, (nn.Linear, nn.Conv2d)), self.r)
+        return peft.LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                               target_modules=self.target_modules, init_lora_weights=self.init,
+                               use_dora=self.use_dora, use_rslora=self.use_rslora)
 
 
-def rslora(model, target_modules, r=8, alpha=16.0, dropout=0.0, train_also=()):
-    return lora(model, target_modules, r, alpha, dropout, train_also, use_rslora=True)
+class AdaLoRA(PeftAdapter):
+    def __init__(self, total_steps: int, target_modules=None, init_r: int = 12, target_r: int = 8,
+                 alpha: float = 32.0, dropout: float = 0.0, tinit: int = 0, tfinal: int = 0, delta_t: int = 1,
+                 beta1: float = 0.85, beta2: float = 0.85, orth_reg_weight: float = 0.5, train_also=None):
+        super().__init__(target_modules, train_also)
+        require(total_steps > tinit + tfinal, "adapter.total_steps", total_steps, "> tinit + tfinal")
+        self.settings = dict(init_r=init_r, target_r=target_r, lora_alpha=alpha, lora_dropout=dropout, tinit=tinit,
+                             tfinal=tfinal, deltaT=delta_t, beta1=beta1, beta2=beta2,
+                             orth_reg_weight=orth_reg_weight, total_step=total_steps)
+        self.orth_reg_weight = orth_reg_weight
 
+    def peft_config(self, model: nn.Module) -> peft.AdaLoraConfig:
+        check_rank(targeted(model, self.target_modules), self.settings["init_r"], "adapter.init_r")
+        return peft.AdaLoraConfig(target_modules=self.target_modules, **self.settings)
 
-def pissa(model, target_modules, r=8, alpha=None, dropout=0.0, train_also=()):
-    """PiSSA: alpha defaults to r so the principal part is reproduced exactly at scale 1."""
-    return lora(model, target_modules, r, r if alpha is None else alpha, dropout, train_also, init="pissa")
+    def after_step(self, task, step: int) -> None:
+        task.model.base_model.update_and_allocate(step)
 
-
-def adalora(model: nn.Module, target_modules: list[str], total_steps: int, init_r: int = 12, target_r: int = 8,
-            alpha: float = 32.0, dropout: float = 0.0, tinit: int = 0, tfinal: int = 0, delta_t: int = 1,
-            beta1: float = 0.85, beta2: float = 0.85, orth_reg_weight: float = 0.5,
-            train_also: tuple[str, ...] = ()) -> nn.Module:
-    require(total_steps > tinit + tfinal, "adapter.total_steps", total_steps, "> tinit + tfinal")
-    config = peft.AdaLoraConfig(init_r=init_r, target_r=target_r, lora_alpha=alpha, lora_dropout=dropout,
-                                target_modules=list(target_modules), tinit=tinit, tfinal=tfinal, deltaT=delta_t,
-                                beta1=beta1, beta2=beta2, orth_reg_weight=orth_reg_weight,
-                                total_step=total_steps)
-    model = train_fully(peft.get_peft_model(model, config), list(train_also))
-    tuner = model.base_model
-
-    def allocate(task, step):
-        # AdaLoRA's sensitivity needs the gradients of this step, so it runs before they are zeroed.
-        tuner.update_and_allocate(step)
-
-    def orthogonality(task, outputs, batch) -> torch.Tensor:
+    def loss_term(self, task, outputs: dict, batch: dict) -> torch.Tensor:
         total = 0.0
-        for name, param in model.named_parameters():
-            if ("lora_A" in name or "lora_B" in name) and param.requires_grad:
-                gram = param @ param.T if "lora_A" in name else param.T @ param
-                eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
-                total = total + torch.linalg.norm(gram - eye, "fro")
-        return orth_reg_weight * total
-
-    model.lrlab_hooks = [allocate]
-    model.lrlab_penalty = orthogonality
-    return model
+        for name, param in task.model.named_parameters():
+            if "lora_A" in name and param.requires_grad:
+                total = total + off_identity(param @ param.T)
+            elif "lora_B" in name and param.requires_grad:
+                total = total + off_identity(param.T @ param)
+        return self.orth_reg_weight * total
 
 
-def miss(model: nn.Module, target_modules: list[str], r: int = 8, dropout: float = 0.0,
-         train_also: tuple[str, ...] = ()) -> nn.Module:
-    require(r >= 1, "adapter.r", r, "an integer >= 1")
-    config = peft.MissConfig(r=r, miss_dropout=dropout, target_modules=list(target_modules))
-    return train_fully(peft.get_peft_model(model, config), list(train_also))
+class MiSS(PeftAdapter):
+    def __init__(self, target_modules=None, r: int = 8, dropout: float = 0.0, train_also=None):
+        super().__init__(target_modules, train_also)
+        self.r, self.dropout = r, dropout
 
-
-def merge(model: nn.Module) -> nn.Module:
-    """Fold the adapter into the base weights and return the plain model."""
-    return model.merge_and_unload()
+    def peft_config(self, model: nn.Module) -> peft.MissConfig:
+        check_rank(targeted(model, self.target_modules), self.r)
+        return peft.MissConfig(r=self.r, miss_dropout=self.dropout, target_modules=self.target_modules)

@@ -9,7 +9,7 @@ Trainable parameters per layer: r.
 import torch
 from torch import nn
 
-from lrlab.adapters.base import replace_linears, train_fully
+from lrlab.adapters.base import Adapter, merge_modules, replace_linears
 from lrlab.errors import require
 
 
@@ -36,10 +36,24 @@ class SVFitLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.weight(), self.bias)
 
+    def merged(self) -> nn.Linear:
+        merged = nn.Linear(self.vh.shape[1], self.u.shape[0], bias=self.bias is not None)
+        merged.weight.data = self.weight().detach()
+        if self.bias is not None:
+            merged.bias.data = self.bias.data.clone()
+        return merged
 
-def apply(model: nn.Module, target_modules: list[str], spectrum: float = 0.99,
-          train_also: tuple[str, ...] = ()) -> nn.Module:
-    require(0 < spectrum <= 1, "adapter.spectrum", spectrum, "a fraction in (0, 1]")
-    model.requires_grad_(False)
-    replace_linears(model, list(target_modules), lambda lin: SVFitLinear(lin, spectrum))
-    return train_fully(model, list(train_also))
+
+class SVFit(Adapter):
+    def __init__(self, target_modules=None, spectrum: float = 0.99, train_also=None):
+        super().__init__(target_modules, train_also)
+        require(0 < spectrum <= 1, "adapter.spectrum", spectrum, "a fraction in (0, 1]")
+        self.spectrum = spectrum
+
+    def adapt(self, model: nn.Module) -> nn.Module:
+        model.requires_grad_(False)
+        replace_linears(model, self.target_modules, lambda lin: SVFitLinear(lin, self.spectrum))
+        return model
+
+    def export(self, model: nn.Module) -> nn.Module:
+        return merge_modules(model, SVFitLinear)

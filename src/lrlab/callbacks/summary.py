@@ -82,7 +82,7 @@ class RunSummary(L.Callback):
             "metrics": metrics,
             "optimizer_state_bytes": int(total_state),
             "optimizer_state_bytes_by_group": [int(b) for b in by_group],
-            "trainable_params": trainable_params(task.model),
+            "trainable_params": task.trainable_params(),
             "total_params": int(sum(p.numel() for p in params)),
             "peak_memory_bytes": int(self.memory.measure(task.device)),
             "throughput": rate,
@@ -93,14 +93,6 @@ class RunSummary(L.Callback):
             "git_sha": self.run_info["git_sha"],
             "versions": versions(),
         }
-
-
-def trainable_params(model) -> int:
-    """The adapter's own count when it has one (`model.lrlab_trainable_params`), else requires_grad."""
-    count = getattr(model, "lrlab_trainable_params", None)
-    if count is not None:
-        return int(count())
-    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
 def versions() -> dict:

@@ -15,21 +15,21 @@ import torch
 import torch.nn.functional as F
 
 from lrlab.errors import require
-from lrlab.regularizers.base import Regularizer
+from lrlab.protocol import Loss, weighted_mean
 
 
-class PSKD(Regularizer):
-    replaces_loss = True
+class PSKD(Loss):
+    tasks = ("classify",)
 
-    def __init__(self, weight: float = 1.0, alpha_T: float = 0.8, epochs: int | None = None):
-        super().__init__(weight)
-        require(0 <= alpha_T <= 1, "regularizer.pskd.alpha_T", alpha_T, "must be in [0, 1]")
+    def __init__(self, alpha_T: float = 0.8, epochs: int | None = None):
+        super().__init__()
+        require(0 <= alpha_T <= 1, "loss.alpha_T", alpha_T, "must be in [0, 1]")
         self.alpha_T, self.epochs = alpha_T, epochs
         self.register_buffer("predictions", torch.zeros(0, 0))
         self.register_buffer("seen", torch.zeros(0, dtype=torch.bool))
 
-    def setup(self, num_samples: int, num_classes: int) -> None:
-        require(num_samples > 0 and num_classes > 0, "regularizer", "pskd",
+    def bind_data(self, num_samples: int, num_classes: int) -> None:
+        require(num_samples > 0 and num_classes > 0, "loss", "pskd",
                 "needs a classification dataset with a known size")
         self.predictions = torch.zeros(num_samples, num_classes, device=self.predictions.device)
         self.seen = torch.zeros(num_samples, dtype=torch.bool, device=self.seen.device)
@@ -43,7 +43,7 @@ class PSKD(Regularizer):
     def alpha(self, epoch: int, total_epochs: int) -> float:
         return self.alpha_T * min(1.0, (epoch + 1) / total_epochs)
 
-    def forward(self, outputs: dict, batch: dict, task) -> torch.Tensor:
+    def forward(self, outputs: dict, batch: dict, task, weights: torch.Tensor | None = None) -> torch.Tensor:
         logits, index = outputs["logits"].float(), batch["index"]
         onehot = F.one_hot(batch["y"], logits.shape[1]).float()
         previous = torch.where(self.seen[index, None], self.predictions[index], onehot)
@@ -51,4 +51,4 @@ class PSKD(Regularizer):
         target = (1 - alpha) * onehot + alpha * previous
         self.predictions[index] = logits.detach().softmax(-1)
         self.seen[index] = True
-        return -(target * logits.log_softmax(-1)).sum(1).mean()
+        return weighted_mean(-(target * logits.log_softmax(-1)).sum(1), weights)

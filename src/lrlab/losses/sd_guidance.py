@@ -13,21 +13,21 @@ import torch
 import torch.nn.functional as F
 
 from lrlab.errors import require
-from lrlab.regularizers.base import Regularizer
+from lrlab.protocol import Loss, weighted_mean
 
 
-class GuidedSelfDistillation(Regularizer):
-    replaces_loss = True
+class GuidedSelfDistillation(Loss):
+    tasks = ("classify",)
 
-    def __init__(self, weight: float = 1.0, alpha: float = 0.5, temperature: float = 1.0):
-        super().__init__(weight)
-        require(0 <= alpha <= 1, "regularizer.sd_guidance.alpha", alpha, "must be in [0, 1]")
-        require(temperature > 0, "regularizer.sd_guidance.temperature", temperature, "must be > 0")
+    def __init__(self, alpha: float = 0.5, temperature: float = 1.0):
+        super().__init__()
+        require(0 <= alpha <= 1, "loss.alpha", alpha, "must be in [0, 1]")
+        require(temperature > 0, "loss.temperature", temperature, "must be > 0")
         self.alpha, self.temperature = alpha, temperature
         self.register_buffer("teacher", torch.zeros(0, 0))
         self.register_buffer("seen", torch.zeros(0, dtype=torch.bool))
 
-    def setup(self, num_samples: int, num_classes: int) -> None:
+    def bind_data(self, num_samples: int, num_classes: int) -> None:
         self.teacher = torch.zeros(num_samples, num_classes, device=self.teacher.device)
         self.seen = torch.zeros(num_samples, dtype=torch.bool, device=self.seen.device)
 
@@ -36,9 +36,9 @@ class GuidedSelfDistillation(Regularizer):
         mixed = self.alpha * onehot + (1 - self.alpha) * teacher_probs
         return torch.where(seen[:, None], mixed, onehot)
 
-    def forward(self, outputs: dict, batch: dict, task) -> torch.Tensor:
+    def forward(self, outputs: dict, batch: dict, task, weights: torch.Tensor | None = None) -> torch.Tensor:
         logits, index = outputs["logits"].float(), batch["index"]
         target = self.target(batch["y"], self.teacher[index], self.seen[index])
         self.teacher[index] = (logits.detach() / self.temperature).softmax(-1)
         self.seen[index] = True
-        return -(target * logits.log_softmax(-1)).sum(1).mean()
+        return weighted_mean(-(target * logits.log_softmax(-1)).sum(1), weights)

@@ -5,12 +5,12 @@ as in the official code: computed in float64 and used as the loss.
     loss = mean_i −log p_{i, y_i}
 
 Unlike softmax, s grows linearly, so confident predictions do not round gradients to zero
-(Softmax Collapse).
+(Softmax Collapse). Classification only.
 """
 
 import torch
 
-from lrlab.regularizers.base import Regularizer
+from lrlab.protocol import Loss, weighted_mean
 
 
 def stablemax_s(x: torch.Tensor) -> torch.Tensor:
@@ -22,9 +22,9 @@ def log_stablemax(logits: torch.Tensor) -> torch.Tensor:
     return torch.log(s / s.sum(-1, keepdim=True))
 
 
-class StableMaxCE(Regularizer):
-    replaces_loss = True
+class StableMaxCE(Loss):
+    tasks = ("classify",)
 
-    def forward(self, outputs: dict, batch: dict, task) -> torch.Tensor:
-        logp = log_stablemax(outputs["logits"])
-        return -logp.gather(1, batch["y"][:, None]).mean().to(outputs["logits"].dtype)
+    def forward(self, outputs: dict, batch: dict, task, weights: torch.Tensor | None = None) -> torch.Tensor:
+        per_sample = -log_stablemax(outputs["logits"]).gather(1, batch["y"][:, None])[:, 0]
+        return weighted_mean(per_sample, weights).to(outputs["logits"].dtype)

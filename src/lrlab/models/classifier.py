@@ -1,7 +1,7 @@
 """Classifiers as a feature `body` and a linear `head`.
 
-`forward(x, feature_hook=None)` returns `{"logits", "features"}`; `feature_hook` (from a
-regularizer such as nested dropout) may transform the penultimate features before the head.
+`forward(x)` returns `{"logits", "features"}`: the head's input (the penultimate features) and its
+output. Methods that transform features hook the `head` (see `lrlab.tasks.classify`).
 """
 
 import torch
@@ -14,10 +14,8 @@ class Classifier(nn.Module):
         self.body = body
         self.head = nn.Linear(feature_dim, num_classes, bias=bias)
 
-    def forward(self, x: torch.Tensor, feature_hook=None) -> dict:
+    def forward(self, x: torch.Tensor) -> dict:
         features = self.body(x)
-        if feature_hook is not None:
-            features = feature_hook(features)
         return {"logits": self.head(features), "features": features}
 
 

@@ -1,8 +1,10 @@
 """Which parameters a projection optimizer projects.
 
-As in the official GaLore/Fira scripts, a parameter is projected when it is the 2-D weight of
-an `nn.Linear` whose module name contains one of `target_modules`; embeddings, `lm_head`, norms
-and biases always go to plain AdamW inside the same optimizer.
+As in the official GaLore/Fira scripts, a parameter is projected when it is a 2-D weight (both
+sides > 1) whose name contains one of `target_modules` and none of `exclude`: the weights of the
+attention and MLP linears, also when a reparametrisation holds them (weight norm's direction
+`...q_proj.parametrizations.weight.original1`; its m×1 magnitude is not projected). Embeddings,
+`lm_head`, norms and biases always go to plain AdamW inside the same optimizer.
 """
 
 from collections.abc import Sequence
@@ -11,29 +13,27 @@ import torch
 from torch import nn
 
 DEFAULT_TARGETS = ("attn", "mlp")
+DEFAULT_EXCLUDE = ("embed", "lm_head", "norm")
 
 
 def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
 
+def is_projected(name: str, param: torch.Tensor, target_modules: Sequence[str], exclude: Sequence[str]) -> bool:
+    return (param.ndim == 2 and min(param.shape) > 1 and any(t in name for t in target_modules)
+            and not any(x in name for x in exclude))
+
+
 def split_params(
     model: nn.Module,
     target_modules: Sequence[str] = DEFAULT_TARGETS,
-    exclude: Sequence[str] = ("embed", "lm_head", "norm"),
+    exclude: Sequence[str] = DEFAULT_EXCLUDE,
 ) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
     """Return (projected, regular) lists of (name, parameter), trainable parameters only."""
-    projected_ids = set()
-    for module_name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or not module.weight.requires_grad:
-            continue
-        if any(x in module_name for x in exclude):
-            continue
-        if any(t in module_name for t in target_modules) and module.weight.ndim == 2:
-            projected_ids.add(id(module.weight))
     projected, regular = [], []
     for name, p in trainable(model):
-        (projected if id(p) in projected_ids else regular).append((name, p))
+        (projected if is_projected(name, p, target_modules, exclude) else regular).append((name, p))
     return projected, regular
 
 

@@ -1,5 +1,2 @@
-"""Regularizers and losses; see `base.Regularizer` for the protocol. Several can be stacked."""
-
-from lrlab.regularizers.base import Regularizer
-
-__all__ = ["Regularizer"]
+"""Regularizers: methods that add a loss term or transform features; several can be stacked
+(`regularizer=[elr,nuclear]`). Each is a `lrlab.protocol.Method`."""

@@ -13,24 +13,26 @@ updates the rows of its own samples; the checkpoint holds rank 0's copy.
 import torch
 
 from lrlab.errors import require
-from lrlab.regularizers.base import Regularizer
+from lrlab.protocol import Method
 
 
-class ELR(Regularizer):
+class ELR(Method):
+    tasks = ("classify",)
+
     def __init__(self, weight: float = 3.0, beta: float = 0.7):
-        super().__init__(weight)
+        super().__init__()
         require(0 <= beta < 1, "regularizer.elr.beta", beta, "must be in [0, 1)")
-        self.beta = beta
+        self.weight, self.beta = float(weight), beta
         self.register_buffer("targets", torch.zeros(0, 0))
 
-    def setup(self, num_samples: int, num_classes: int) -> None:
+    def bind_data(self, num_samples: int, num_classes: int) -> None:
         require(num_samples > 0 and num_classes > 0, "regularizer", "elr",
                 "needs a classification dataset with a known size")
         self.targets = torch.zeros(num_samples, num_classes, device=self.targets.device)
 
-    def forward(self, outputs: dict, batch: dict, task) -> torch.Tensor:
+    def loss_term(self, task, outputs: dict, batch: dict) -> torch.Tensor:
         probs = outputs["logits"].float().softmax(-1).clamp(1e-4, 1 - 1e-4)
         index = batch["index"]
         seen = probs.detach()
         self.targets[index] = self.beta * self.targets[index] + (1 - self.beta) * seen / seen.sum(1, keepdim=True)
-        return torch.log(1 - (self.targets[index] * probs).sum(1)).mean()
+        return self.weight * torch.log(1 - (self.targets[index] * probs).sum(1)).mean()

@@ -9,12 +9,14 @@ k = 1..D (σ = 10); evaluation uses all features. One k per batch by default
 import torch
 
 from lrlab.errors import require
-from lrlab.regularizers.base import Regularizer
+from lrlab.protocol import Method
 
 
-class NestedDropout(Regularizer):
-    def __init__(self, weight: float = 0.0, sigma: float = 10.0, per_sample: bool = False):
-        super().__init__(weight)
+class NestedDropout(Method):
+    tasks = ("classify",)
+
+    def __init__(self, sigma: float = 10.0, per_sample: bool = False):
+        super().__init__()
         require(sigma > 0, "regularizer.nested_dropout.sigma", sigma, "must be > 0")
         self.sigma, self.per_sample = sigma, per_sample
 
@@ -23,14 +25,9 @@ class NestedDropout(Regularizer):
         weights = torch.exp(-((k / self.sigma) ** 2))
         return (weights / weights.sum()).float()
 
-    def transform_features(self, features: torch.Tensor, training: bool) -> torch.Tensor:
-        if not training:
-            return features
+    def transform_features(self, features: torch.Tensor) -> torch.Tensor:
         width = features.shape[1]
         draws = features.shape[0] if self.per_sample else 1
         keep = torch.multinomial(self.distribution(width), draws, replacement=True).to(features.device) + 1
         mask = torch.arange(width, device=features.device)[None, :] < keep[:, None]
         return features * mask.to(features.dtype)
-
-    def forward(self, outputs: dict, batch: dict, task) -> torch.Tensor:
-        return outputs["loss"].new_zeros(())

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lrlab.errors import require
-from lrlab.regularizers.base import Regularizer
+from lrlab.protocol import Method
 
 
 def nuclear_norms(model: nn.Module) -> list[torch.Tensor]:
@@ -22,14 +22,14 @@ def nuclear_norms(model: nn.Module) -> list[torch.Tensor]:
     return norms
 
 
-class NuclearNorm(Regularizer):
+class NuclearNorm(Method):
     def __init__(self, weight: float = 3e-4, every: int = 1):
-        super().__init__(weight)
+        super().__init__()
         require(isinstance(every, int) and every >= 1, "regularizer.nuclear.every", every, "must be an integer >= 1")
-        self.every = every
+        self.weight, self.every = float(weight), every
 
-    def forward(self, outputs: dict, batch: dict, task) -> torch.Tensor:
+    def loss_term(self, task, outputs: dict, batch: dict) -> torch.Tensor | None:
         if task.global_step % self.every:
-            return outputs["loss"].new_zeros(())
+            return None
         norms = nuclear_norms(task.model)
-        return torch.stack(norms).sum() if norms else outputs["loss"].new_zeros(())
+        return self.weight * torch.stack(norms).sum() if norms else None

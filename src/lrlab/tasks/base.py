@@ -1,16 +1,17 @@
-"""What every task shares: the model, the optimizer and schedule from config, stacked
-regularizers, adapter hooks, and the non-finite-loss guard.
+"""What every task shares: the model, its methods and loss (`lrlab.protocol`), the optimizer and
+schedule from config, and the non-finite-loss guard.
 
-Per-sample regularizer state lives in `self.regularizers` buffers, so it is checkpointed with
-the module. Nothing here is method-specific: methods plug in through their config groups.
+The methods and the loss are submodules, so their state (per-sample targets, masks) is
+checkpointed with the task. Nothing here is method-specific: the task calls the protocol's hooks.
 """
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
+from lrlab.instantiate import build_optimizer
 from lrlab.optim import schedule
+from lrlab.protocol import Loss, Method
 
 
 class NonFiniteLossError(RuntimeError):
@@ -20,12 +21,17 @@ class NonFiniteLossError(RuntimeError):
 
 
 class BaseTask(L.LightningModule):
-    def __init__(self, model: nn.Module, optimizer: dict, scheduler: dict, total_steps: int,
-                 regularizers: list | None = None):
+    def __init__(self, model: nn.Module, loss: Loss, methods: list[Method], optimizer: dict, scheduler: dict,
+                 total_steps: int):
         super().__init__()
         self.model = model
+        self.loss = loss
+        self.methods = nn.ModuleList(methods)
         self.optimizer_cfg, self.scheduler_cfg, self.total_steps = optimizer, scheduler, total_steps
-        self.regularizers = nn.ModuleList(regularizers or [])
+
+    def hooked(self, hook: str) -> list[Method]:
+        """The methods (and the loss) that implement `hook`."""
+        return [m for m in (*self.methods, self.loss) if m.overrides(hook)]
 
     def configure_model(self) -> None:
         """FSDP2 (`trainer=fsdp2`): shard each decoder layer, then the whole model."""
@@ -43,62 +49,70 @@ class BaseTask(L.LightningModule):
 
     # --- optimisation -------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = instantiate(self.optimizer_cfg, _partial_=True, _convert_="all")(self.model)
+        optimizer = build_optimizer(self.model, list(self.methods), self.optimizer_cfg)
         scheduler = schedule.build(optimizer, self.total_steps, **self.scheduler_cfg)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        for hook in getattr(self.model, "lrlab_hooks", ()):
-            hook(self, self.global_step)
+        for method in self.hooked("after_step"):
+            method.after_step(self, self.global_step)
 
-    # --- regularisation -----------------------------------------------------------------
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        scheduler.step()
+        scale = 1.0
+        for method in self.hooked("lr_scale"):
+            scale *= method.lr_scale(self.global_step)
+        if scale != 1.0:
+            for group in scheduler.optimizer.param_groups:
+                group["lr"] *= scale
+
+    def trainable_params(self) -> int:
+        """Entries that train: every `requires_grad` parameter in full, except where a method says
+        only some of its entries train."""
+        partial = {}
+        for method in self.hooked("trained_entries"):
+            partial.update(method.trained_entries(self.model))
+        return int(sum(partial.get(name, p.numel()) for name, p in self.model.named_parameters() if p.requires_grad))
+
+    # --- data-bound state and initialisation ----------------------------------------------
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
-        for reg in self.regularizers:
-            reg.setup(dm.num_train_samples, getattr(dm, "num_classes", 0))
+        for method in (*self.methods, self.loss):
+            method.bind_data(dm.num_train_samples, getattr(dm, "num_classes", 0))
         if stage == "fit":
-            self.run_init_hooks(dm)
+            self.init_from_data(dm)
 
-    def run_init_hooks(self, datamodule) -> None:
-        """Data-driven adapter initialisation (`model.lrlab_init_hooks`, e.g. EVA), before the
-        optimizer is built, on the device training will use."""
-        hooks = getattr(self.model, "lrlab_init_hooks", ())
-        if not hooks:
+    def init_from_data(self, datamodule) -> None:
+        """Data-driven initialisation (e.g. EVA), before the optimizer is built, on the device
+        training will use."""
+        methods = self.hooked("init_from_data")
+        if not methods:
             return
         self.model.to(self.trainer.strategy.root_device)
-        for hook in hooks:
-            hook(self, datamodule.train_dataloader())
-
-    def regularized_loss(self, outputs: dict, batch: dict) -> torch.Tensor:
-        loss = outputs["loss"]
-        for reg in self.regularizers:
-            value = reg(outputs, batch, self)
-            if reg.replaces_loss:
-                loss = value
-            else:
-                loss = loss + reg.weight * value
-                self.log(f"train/reg_{type(reg).__name__.lower()}", value.detach(), on_step=True, on_epoch=False)
-        penalty = getattr(self.model, "lrlab_penalty", None)
-        if penalty is not None:
-            loss = loss + penalty(self, outputs, batch)
-        return loss
-
-    def feature_hook(self):
-        """Lets regularizers transform a classifier's penultimate features (identity by default)."""
-        if len(self.regularizers) == 0:
-            return None
-
-        def hook(features):
-            for reg in self.regularizers:
-                features = reg.transform_features(features, self.training)
-            return features
-
-        return hook
+        for method in methods:
+            method.init_from_data(self, datamodule.train_dataloader())
 
     def on_train_epoch_end(self) -> None:
-        for reg in self.regularizers:
-            reg.on_train_epoch_end(self)
+        for method in self.hooked("on_train_epoch_end"):
+            method.on_train_epoch_end(self)
+
+    # --- the loss -----------------------------------------------------------------------
+    def training_loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss group's value, that plus every method's term)."""
+        weights = None
+        for method in self.hooked("sample_weights"):
+            w = method.sample_weights(self, outputs, batch)
+            if w is not None:
+                weights = w if weights is None else weights * w
+        base = self.loss(outputs, batch, self, weights)
+        total = base
+        for method in self.hooked("loss_term"):
+            term = method.loss_term(self, outputs, batch)
+            if term is not None:
+                total = total + term
+                self.log(f"train/term_{method.name}", term.detach(), on_step=True, on_epoch=False)
+        return base, total
 
     def check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):

@@ -1,32 +1,35 @@
-"""Causal language modelling: next-token cross-entropy, perplexity, tokens/s."""
+"""Causal language modelling: next-token loss from the `loss` group (cross-entropy by default),
+perplexity, tokens/s."""
 
 import math
 
 import torch
 from torchmetrics import MeanMetric
 
+from lrlab.losses.cross_entropy import causal_lm_cross_entropy
 from lrlab.tasks.base import BaseTask
 
 
 class CausalLMTask(BaseTask):
+    kind = "causal_lm"
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.val_loss = MeanMetric()
 
     def forward_batch(self, batch: dict) -> dict:
-        out = self.model(input_ids=batch["input_ids"], labels=batch["labels"])
-        return {"logits": out.logits, "loss": out.loss}
+        return {"logits": self.model(input_ids=batch["input_ids"]).logits}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         outputs = self.forward_batch(batch)
-        loss = self.regularized_loss(outputs, batch)
+        lm_loss, loss = self.training_loss(outputs, batch)
         self.check_finite(loss)
-        self.log("train/loss", outputs["loss"].detach(), prog_bar=True)
+        self.log("train/loss", lm_loss.detach(), prog_bar=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        outputs = self.forward_batch(batch)
-        self.val_loss.update(outputs["loss"], weight=batch["input_ids"].numel())
+        loss = causal_lm_cross_entropy(self.forward_batch(batch)["logits"], batch["labels"])
+        self.val_loss.update(loss, weight=batch["input_ids"].numel())
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()

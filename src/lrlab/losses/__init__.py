@@ -1,0 +1,1 @@
+"""Training losses (the `loss` group: exactly one per run); see `lrlab.protocol.Loss`."""
