@@ -24,6 +24,7 @@ from lrlab.instantiate import instantiate_node
 from lrlab.callbacks import summary as summary_io
 from lrlab.callbacks.interrupt import GracefulInterrupt
 from lrlab.callbacks.memory import PeakMemory
+from lrlab.callbacks.rng import RNGState
 from lrlab.callbacks.summary import RunSummary
 from lrlab.callbacks.throughput import Throughput
 from lrlab.errors import ConfigError, require
@@ -134,7 +135,7 @@ def fit(cfg: DictConfig, run_dir: Path, datamodule, task, ckpt: str | None) -> d
     throughput, memory = Throughput(), PeakMemory()
     interrupt = GracefulInterrupt(str(run_dir / "checkpoints"))
     summary = RunSummary(str(run_dir), info, throughput, memory, interrupt)
-    trainer = build_trainer(cfg, run_dir, [throughput, memory, interrupt, summary])
+    trainer = build_trainer(cfg, run_dir, [throughput, memory, interrupt, summary, RNGState()])
     error = None
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from lrlab.data.loader import private_generator
+
 
 @torch.no_grad()
 def predict(task, dataset, batch_size: int = 1024) -> dict[str, torch.Tensor]:
@@ -31,7 +33,7 @@ def predict(task, dataset, batch_size: int = 1024) -> dict[str, torch.Tensor]:
     was_training = task.training
     task.eval()
     parts: dict[str, list] = {"logits": [], "features": [], "y": [], "y_clean": []}
-    for batch in DataLoader(dataset, batch_size=batch_size):
+    for batch in DataLoader(dataset, batch_size=batch_size, generator=private_generator(0)):
         out = task.model(batch["x"].to(task.device))
         parts["logits"].append(out["logits"].float().cpu())
         parts["features"].append(out["features"].float().cpu())

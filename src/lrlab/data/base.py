@@ -8,7 +8,7 @@ tensors that include `index` (the sample's position in its split). Subclasses se
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from lrlab.data.loader import ResumableLoader
+from lrlab.data.loader import ResumableLoader, private_generator
 from lrlab.errors import require
 
 
@@ -50,8 +50,9 @@ class BaseDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return ResumableLoader(self.train_set, self.batch_size, self.shuffle, self.seed, self._position,
-                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                               generator=private_generator(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False,
-                          num_workers=self.num_workers)
+                          num_workers=self.num_workers, generator=private_generator(self.seed))

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lrlab.data.loader import _rank_world
+from lrlab.data.loader import _rank_world, private_generator
 from lrlab.errors import ConfigError, require
 
 
@@ -117,7 +117,9 @@ class HFTextStream(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return StreamLoader(self._stream(self.split, self.max_train_blocks), self.batch_size,
-                            self._consumed_batches, num_workers=self.num_workers)
+                            self._consumed_batches, num_workers=self.num_workers,
+                            generator=private_generator(self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._stream(self.val_split, self.val_blocks), batch_size=self.batch_size)
+        return DataLoader(self._stream(self.val_split, self.val_blocks), batch_size=self.batch_size,
+                          generator=private_generator(self.seed))

@@ -14,6 +14,13 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
+def private_generator(seed: int) -> torch.Generator:
+    """A generator for a DataLoader of its own: each new iterator draws its workers' base seed from
+    it instead of from torch's global generator, so starting a validation or a resumed epoch does
+    not shift the random numbers the model draws (dropout) and a resume continues them exactly."""
+    return torch.Generator().manual_seed(seed)
+
+
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
