@@ -72,6 +72,29 @@ def test_stablemax_values():
     assert loss.item() == pytest.approx(-math.log(3 / 4.5), rel=1e-6)
 
 
+def test_stablemax_loss_stays_float64_for_bf16_logits():
+    # bf16 logits (as under autocast): log(4.5 / 3) = 0.405465... would round to 0.40625 in bf16
+    x = torch.tensor([[2.0, 0.0, -1.0]], dtype=torch.bfloat16, requires_grad=True)
+    loss = StableMaxCE()({"logits": x}, batch([0], [0]), None)
+    assert loss.dtype == torch.float64 and loss.item() == pytest.approx(math.log(1.5), rel=1e-12)
+    loss.backward()
+    # d/dz_0 of -log(s_0/S) = -1/s_0 + 1/S = -1/3 + 1/4.5; d/dz_1 = 1/4.5; d/dz_2 = s'(-1)/S = (1/4)/4.5
+    expected = torch.tensor([[-1 / 3 + 1 / 4.5, 1 / 4.5, 0.25 / 4.5]])
+    assert x.grad.dtype == torch.bfloat16 and torch.allclose(x.grad.float(), expected, rtol=1e-2)
+
+
+def test_stablemax_under_autocast_keeps_the_float64_loss():
+    layer = torch.nn.Linear(2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = layer(torch.randn(4, 2))
+        loss = StableMaxCE()({"logits": logits}, batch([0, 1, 2, 0], [0, 1, 2, 3]), None)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float64
+    z = logits.detach().double()
+    s = torch.where(z >= 0, z + 1, 1 / (1 - z))
+    by_hand = -torch.log(s[torch.arange(4), torch.tensor([0, 1, 2, 0])] / s.sum(1)).mean()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-12)
+
+
 def test_nested_dropout_mask_distribution():
     nd = NestedDropout(sigma=10.0, per_sample=True)
     p = nd.distribution(64)
