@@ -4,9 +4,10 @@ Official code read: FeiyuZhang98/IncreLoRA at 51a2d73, `loralib/loralib/increlor
 (`SVDLinear`, `RankAllocator`), `NLU/examples/text-classification/run_glue.py` (defaults:
 `advance_learn` true, `incre_rank_num` None) and `NLU/scripts/rank=8/run_*.sh`.
 
-Adapter: y = W x + s P diag(λ_eff) Q x on each target linear (W frozen); P (out x R) and
-Q (R x in) ~ N(0, 0.02), λ = 0 (training starts at the pre-trained function), m in {0, 1}^R the
-active ranks; every module starts with `init_r` of them. The scale s (`scale`):
+Adapter: y = W x + s P diag(λ_eff) Q x on each target linear (W frozen), λ_eff = λ ⊙ m plus
+1e-5 on the reserve ranks (advance learning, below); P (out x R) and Q (R x in) ~ N(0, 0.02),
+λ = 0 (training starts at the pre-trained function, up to the reserve's 1e-5 term), m in
+{0, 1}^R the active ranks; every module starts with `init_r` of them. The scale s (`scale`):
 - `current_rank` (official `scaling / (ranknum + 1e-5)`): α / (active ranks + 1e-5), so it
   changes whenever the module grows;
 - `target_rank` (the earlier rule): the constant α / `target_r`.
