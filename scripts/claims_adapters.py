@@ -4,8 +4,9 @@ Parts (`--only`, default a b c; each prints its table when done):
   a  ALLoRA vs LoRA (+ dropout 0.1) and full fine-tuning on the pretrained MLP miniature
      (digits 0-4 -> 5-9): optimizer steps to each `--targets` validation accuracy (validated
      every `--val-every` steps) and final accuracy. The mini-claim: ALLoRA reaches a target in
-     fewer steps than LoRA; the same pair under SGD (momentum 0.9, lr 0.03 and 0.1), where Adam's
-     normalisation cannot cancel ALLoRA's per-row gradient coefficient.
+     fewer steps than LoRA. ALLoRA's output-row rule at η² = 4, 2, 1 (Table 1's sweep) and the
+     earlier per-factor-row rule (η = 4); LoRA and both rules under SGD (momentum 0.9, lr 0.03
+     and 0.1), where Adam's normalisation cannot cancel the gradient coefficient.
   b  intruder dimensions (top-10 left singular vectors of each fine-tuned hidden layer with
      max |cos| < 0.5 against the pre-trained ones, summed over body.1 and body.3): low-rank LoRA
      vs full fine-tuning on the same miniature.
@@ -30,16 +31,26 @@ from lrlab.report.claims import best, final, first_step, run_grid, table
 
 MINI = "digits_pretrained_mlp"
 MINILM_LORA = "experiment=lora/minilm_wordnet_lora"
+ALLORA_FORMS = {  # the output-row rule (the preset) over Table 1's η², and the earlier per-factor-row rule
+    "output rows η²=4": [],
+    "output rows η²=2": ["adapter.eta_squared=2"],
+    "output rows η²=1": ["adapter.eta_squared=1"],
+    "factor rows η=4 (earlier rule)": ["adapter.form=factor_rows", "adapter.eta_squared=16"],
+}
+ALLORA_SGD = ("output rows η²=4", "factor rows η=4 (earlier rule)")
 GRIDS = {
     "a": {
         "LoRA r=8": [f"experiment=lora/{MINI}_lora"],
         "LoRA r=8 + dropout 0.1": [f"experiment=lora/{MINI}_lora", "adapter.dropout=0.1"],
-        "ALLoRA r=8": [f"experiment=allora/{MINI}_allora"],
+        **{f"ALLoRA r=8, {form}": [f"experiment=allora/{MINI}_allora", *overrides]
+           for form, overrides in ALLORA_FORMS.items()},
         "full fine-tuning": [f"experiment=baseline/{MINI}_full"],
         # under SGD the per-row coefficient is not normalised away as under Adam
-        **{f"{name} (SGD lr {lr})": [f"experiment={preset}", "optimizer=sgd", f"optimizer.lr={lr}"]
+        **{f"{name} (SGD lr {lr})": [*overrides, "optimizer=sgd", f"optimizer.lr={lr}"]
            for lr in (0.03, 0.1)
-           for name, preset in (("LoRA r=8", f"lora/{MINI}_lora"), ("ALLoRA r=8", f"allora/{MINI}_allora"))},
+           for name, overrides in (("LoRA r=8", [f"experiment=lora/{MINI}_lora"]),
+                                   *((f"ALLoRA r=8, {form}", [f"experiment=allora/{MINI}_allora", *o])
+                                     for form, o in ALLORA_FORMS.items() if form in ALLORA_SGD))},
     },
     "b": {
         "LoRA r=1": [f"experiment=lora/{MINI}_lora", "adapter.r=1"],

@@ -2,6 +2,7 @@
 coefficient, SVFit's spectrum, default targets, bad input."""
 
 import io
+import math
 
 import pytest
 import torch
@@ -103,8 +104,9 @@ def test_allora_coefficient_on_hand_made_rows():
     assert torch.allclose(column.squeeze(), torch.tensor([1 / (9.25) ** 0.5, 1 / (16.25) ** 0.5]))
 
 
-def test_allora_scales_gradients_and_has_no_alpha(method, tiny):
-    model = method("adapter", "allora", target_modules=TARGETS, r=4, eta=3.0).transform_model(tiny())
+def test_allora_factor_rows_scales_each_factor_row(method, tiny):
+    model = method("adapter", "allora", target_modules=TARGETS, r=4, eta_squared=9.0,
+                   form="factor_rows").transform_model(tiny())
     assert trainable(model) == 4 * (16 + 32) + 4 * (32 + 32) + HEAD
     layer = model.body[1]
     with torch.no_grad():
@@ -115,8 +117,40 @@ def test_allora_scales_gradients_and_has_no_alpha(method, tiny):
     rest = model.head(model.body[4](model.body[3](y)))
     unscaled = torch.autograd.grad(rest.sum(), handle_free)[0]
     logits(model, x).sum().backward()
-    coeff = allora.row_coefficient(layer.lora_B, 3.0, 1)
-    assert torch.allclose(layer.lora_B.grad, unscaled * coeff, atol=1e-6)
+    by_hand = 1 / (layer.lora_B.detach().pow(2).sum(1, keepdim=True) + 1 / 9.0).sqrt()  # eta = 3
+    assert torch.allclose(layer.lora_B.grad, unscaled * by_hand, atol=1e-6)
+
+
+def test_allora_output_rows_scales_the_output_gradient_by_the_rows_of_ba(method):
+    """g_i / sqrt(||(BA)_i|| + 1/eta^2) on the adapter output, before dA and dB are formed."""
+    base = torch.nn.Linear(3, 2, bias=False)
+    model = torch.nn.Sequential(base)
+    adapter = method("adapter", "allora", target_modules=["0"], r=2, eta_squared=4.0, train_also=[])
+    layer = adapter.transform_model(model)[0]
+    a = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]])
+    b = torch.tensor([[3.0, 4.0], [0.0, 0.0]])  # BA rows: [3, 4, 6] (norm sqrt 61) and [0, 0, 0]
+    with torch.no_grad():
+        layer.lora_A.copy_(a)
+        layer.lora_B.copy_(b)
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    upstream = torch.tensor([[0.5, -1.0]])  # dL/dy for L = y . upstream
+    (layer(x) * upstream).sum().backward()
+    c = torch.tensor([1 / math.sqrt(math.sqrt(61) + 0.25), 1 / math.sqrt(0 + 0.25)])
+    g = upstream * c  # [[0.5 c0, -2.0]]
+    ax = torch.tensor([[7.0, 2.0]])  # A x
+    assert torch.allclose(layer.lora_B.grad, g.T @ ax, atol=1e-6)  # dB = g (A x)^T
+    assert torch.allclose(layer.lora_A.grad, b.T @ g.T @ x, atol=1e-6)  # dA = B^T g x^T
+    assert allora.output_row_coefficient(layer.lora_A, layer.lora_B, 4.0) == pytest.approx(c.tolist(), rel=1e-6)
+
+
+def test_allora_output_rows_at_initialisation_scales_by_eta(method, tiny):
+    model = method("adapter", "allora", target_modules=TARGETS, r=4, eta_squared=2.0).transform_model(tiny())
+    plain = method("adapter", "allora", target_modules=TARGETS, r=4, eta_squared=1.0).transform_model(tiny())
+    x = torch.randn(6, 16)
+    for m in (model, plain):
+        logits(m, x).sum().backward()
+    # B = 0, so BA = 0 and every output row's coefficient is eta = sqrt(2) (1 for eta^2 = 1)
+    assert torch.allclose(model.body[3].lora_B.grad, math.sqrt(2) * plain.body[3].lora_B.grad, atol=1e-6)
 
 
 def test_allora_merge_equivalence(method, tiny):
@@ -144,6 +178,19 @@ def test_svfit_trains_only_top_singular_values(method, tiny):
     assert torch.allclose(logits(adapter.export(model), x), logits(tiny(), x), atol=1e-5)
 
 
+@pytest.mark.parametrize("measure, rank", [("sum", 3), ("energy", 2)])
+def test_svfit_measure_is_the_sum_or_the_energy_of_the_spectrum(method, measure, rank):
+    # s = 3, 2, 1, 0.5. Sum shares: 3/6.5, 5/6.5, 6/6.5 = 0.92 (>= 0.9 at r = 3).
+    # Energy shares: 9/14.25, 13/14.25 = 0.91 (>= 0.9 at r = 2).
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5])))
+    adapter = method("adapter", "svfit", target_modules=["0"], spectrum=0.9, measure=measure, train_also=[])
+    layer = adapter.transform_model(model)[0]
+    assert layer.singular_values.numel() == rank
+    assert torch.allclose(layer.singular_values, torch.tensor([3.0, 2.0, 1.0])[:rank])
+
+
 def test_default_targets_per_architecture(tiny):
     from lrlab.models.classifier import cnn
     from lrlab.models.llama import build
@@ -159,6 +206,9 @@ def test_default_targets_per_architecture(tiny):
     ("lora", {"r": 17}, "adapter.r"),  # larger than the 16-wide input of body.1
     ("allora", {"target_modules": ["nope"]}, "adapter.target_modules"),
     ("svfit", {"spectrum": 1.5}, "adapter.spectrum"),
+    ("svfit", {"measure": "max"}, "adapter.measure"),
+    ("allora", {"form": "columns"}, "adapter.form"),
+    ("allora", {"eta_squared": 0.0}, "adapter.eta_squared"),
 ])
 def test_bad_input_is_a_config_error(method, tiny, name, settings, key):
     with pytest.raises(ConfigError, match=key):

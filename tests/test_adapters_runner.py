@@ -13,8 +13,15 @@ LORA_8 = 8 * (64 + 256) + 8 * (256 + 256)
     (["adapter=lora"], LORA_8 + HEAD),
     (["adapter=allora"], LORA_8 + HEAD),
     (["adapter=ba_lora"], LORA_8 + HEAD),
-    # hooks see the 0-based step just taken: ranks grow after steps 2 and 4 of 0..5
-    (["adapter=increlora", "adapter.interval=2"], 3 * (64 + 256 + 1) + 3 * (256 + 256 + 1) + HEAD),
+    # hooks see the 0-based step just taken: ranks grow after steps 2 and 4 of 0..5. Official rules: 4 ranks per
+    # module per round within the total budget 2 x 8: 1 -> 5 -> 9 for body.1 (the more important at step 4), the
+    # 2 ranks left for body.3 (1 -> 5 -> 7); the budget met, no reserve. The earlier rules: one rank per round
+    (["adapter=increlora", "adapter.interval=2", "adapter.warmup=0"], 9 * (64 + 256 + 1) + 7 * (256 + 256 + 1) + HEAD),
+    (["adapter=increlora", "adapter.interval=2", "adapter.warmup=0", "adapter.advance_learning=false",
+      "adapter.scale=target_rank", "adapter.ranks_per_growth=1", "adapter.top_h=2"],
+     3 * (64 + 256 + 1) + 3 * (256 + 256 + 1) + HEAD),
+    # before the first growth, the 4 reserve ranks' P and Q rows train too
+    (["adapter=increlora"], (64 + 256 + 1) + 4 * (64 + 256) + (256 + 256 + 1) + 4 * (256 + 256) + HEAD),
     (["adapter=adalora"], 12 * (64 + 256 + 1) + 12 * (256 + 256 + 1) + HEAD),
     (["adapter=lift"], LORA_8 + HEAD),  # K = (m + n) * 8 entries per weight
 ])

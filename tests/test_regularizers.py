@@ -9,7 +9,7 @@ import torch
 
 from lrlab.optim.orthograd import OrthoGrad, orthogonalize
 from lrlab.regularizers.elr import ELR
-from lrlab.regularizers.nested_dropout import NestedDropout
+from lrlab.regularizers.nested_dropout import NestedDropout, best_truncation, truncation_accuracies
 from lrlab.regularizers.nuclear import NuclearNorm
 from lrlab.losses.pskd import PSKD
 from lrlab.losses.sd_guidance import GuidedSelfDistillation
@@ -72,6 +72,29 @@ def test_stablemax_values():
     assert loss.item() == pytest.approx(-math.log(3 / 4.5), rel=1e-6)
 
 
+def test_stablemax_loss_stays_float64_for_bf16_logits():
+    # bf16 logits (as under autocast): log(4.5 / 3) = 0.405465... would round to 0.40625 in bf16
+    x = torch.tensor([[2.0, 0.0, -1.0]], dtype=torch.bfloat16, requires_grad=True)
+    loss = StableMaxCE()({"logits": x}, batch([0], [0]), None)
+    assert loss.dtype == torch.float64 and loss.item() == pytest.approx(math.log(1.5), rel=1e-12)
+    loss.backward()
+    # d/dz_0 of -log(s_0/S) = -1/s_0 + 1/S = -1/3 + 1/4.5; d/dz_1 = 1/4.5; d/dz_2 = s'(-1)/S = (1/4)/4.5
+    expected = torch.tensor([[-1 / 3 + 1 / 4.5, 1 / 4.5, 0.25 / 4.5]])
+    assert x.grad.dtype == torch.bfloat16 and torch.allclose(x.grad.float(), expected, rtol=1e-2)
+
+
+def test_stablemax_under_autocast_keeps_the_float64_loss():
+    layer = torch.nn.Linear(2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = layer(torch.randn(4, 2))
+        loss = StableMaxCE()({"logits": logits}, batch([0, 1, 2, 0], [0, 1, 2, 3]), None)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float64
+    z = logits.detach().double()
+    s = torch.where(z >= 0, z + 1, 1 / (1 - z))
+    by_hand = -torch.log(s[torch.arange(4), torch.tensor([0, 1, 2, 0])] / s.sum(1)).mean()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-12)
+
+
 def test_nested_dropout_mask_distribution():
     nd = NestedDropout(sigma=10.0, per_sample=True)
     p = nd.distribution(64)
@@ -82,6 +105,31 @@ def test_nested_dropout_mask_distribution():
     kept = out.sum(1)
     assert (out == torch.arange(64)[None, :].lt(kept[:, None]).float()).all()  # prefixes only
     assert kept.mean().item() == pytest.approx((p * torch.arange(1, 65)).sum().item(), rel=0.05)
+
+
+def test_truncation_sweep_by_hand():
+    head = torch.nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]))
+    features = torch.tensor([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [1.0, 0.0, 3.0], [0.5, 1.0, -2.0]])
+    labels = torch.tensor([1, 0, 1, 1])
+    # k = 1: logits (x0, 0): only sample 2 (label 0) right; k = 2: (x0, x1): samples 1, 2, 4;
+    # k = 3: (x0, x1 + x2): samples 1, 2, 3
+    accuracies = truncation_accuracies(head, features, labels)
+    assert accuracies.tolist() == [0.25, 0.75, 0.75]
+    assert best_truncation(accuracies) == (2, 0.75)  # the tie goes to fewer features
+    assert best_truncation(torch.tensor([0.5, 0.75, 0.7, 0.8])) == (4, pytest.approx(0.8))
+
+
+def test_nested_preset_logs_the_best_truncation_without_changing_training(make_cfg, tmp_path):
+    summary = run(make_cfg("experiment=nested_dropout/mnist5k_sym40", "debug=smoke", run="swept"))
+    final = summary["metrics"]["final"]
+    assert summary["status"] == "completed" and final["val/best_k"] in range(1, 257)  # the MLP's 256 features
+    assert 0 < final["val/acc_best_k"] <= 1
+    run(make_cfg("experiment=nested_dropout/mnist5k_sym40", "debug=smoke", "~callbacks.truncation_sweep", run="plain"))
+    a = torch.load(tmp_path / "swept" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "plain" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # a sweep at step 3 leaves steps 4 and 5 as they were
 
 
 def test_nuclear_term_and_gradient_is_uv():
@@ -146,9 +194,17 @@ def test_per_sample_state_resumes_exactly(make_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["grokking/modadd_stablemax_orthograd", "grokking/modadd_softmax_wd",
-                                    "pskd/digits_mlp", "sd_guidance/digits_mlp", "nuclear/digits_mlp"])
+                                    "grokking/modadd_stablemax", "pskd/digits_mlp", "sd_guidance/digits_mlp",
+                                    "nuclear/digits_mlp"])
 def test_presets_smoke(make_cfg, preset):
     assert run(make_cfg(f"experiment={preset}", "debug=smoke"))["status"] == "completed"
+
+
+def test_stablemax_alone_is_the_papers_figure_1_run(make_cfg):
+    cfg = make_cfg("experiment=grokking/modadd_stablemax")
+    assert cfg.loss._target_.endswith("StableMaxCE") and cfg.optimizer._target_.endswith("adamw.build")
+    assert list(cfg.optimizer.betas) == [0.9, 0.999] and cfg.optimizer.weight_decay == 0.0
+    assert (cfg.optimizer.lr, cfg.trainer.max_steps, cfg.data.train_fraction) == (0.01, 80000, 0.4)
 
 
 def test_heavy_wd_is_a_preset_of_adamw_decay(make_cfg):

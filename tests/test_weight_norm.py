@@ -49,3 +49,27 @@ def test_preset_trains_and_resumes(make_cfg, tmp_path):
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert any("original1" in k for k in a) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_without_the_radial_term_v_gets_g_over_norm_times_g(method):
+    """parametrization.radial=false: dV = G g/||V|| (official GradNormLoRP), dg unchanged, same forward."""
+    block = Block()
+    v = torch.tensor([[3.0, 4.0, 0, 0, 0, 0], [0, 0, 1.0, 0, 0, 0], [1.0, 1.0, 1.0, 1.0, 0, 0],
+                      [0, 0, 0, 0, 2.0, 0], [0, 0, 0, 0, 0, 5.0]])
+    with torch.no_grad():
+        block.attn.weight.copy_(v)
+    weight_norm = method("parametrization", "weight_norm", radial=False)
+    model = weight_norm.transform_model(block)
+    g, v_param = model.attn.parametrizations.weight.original0, model.attn.parametrizations.weight.original1
+    with torch.no_grad():
+        g.copy_(torch.tensor([[2.0], [1.0], [0.5], [1.0], [3.0]]))
+    norms = torch.tensor([[5.0], [1.0], [2.0], [2.0], [5.0]])
+    assert torch.allclose(model.attn.weight, g * v / norms)
+    x = torch.ones(1, 6)
+    upstream = torch.tensor([[1.0, -1.0, 2.0, 0.5, 1.0]])
+    (model.attn(x) * upstream).sum().backward()
+    G = upstream.T @ x  # dL/dW
+    assert torch.allclose(v_param.grad, G * g / norms)  # no radial projection
+    assert torch.allclose(g.grad, (G * v / norms).sum(1, keepdim=True))
+    exported = weight_norm.export(model)
+    assert torch.allclose(exported.attn.weight, g * v / norms)

@@ -20,8 +20,10 @@ with every trainable parameter temporarily set back to its value at adapter time
 the initial head), since residual + s B0 A0 = W; this costs one copy of the trainable
 parameters, not a second model. It runs in eval mode under no_grad (the reference's frozen
 model is in eval mode too). The copy is not checkpointed: re-applying the adapter on a resume
-recomputes it (PiSSA's SVD is deterministic, the head is seeded). Decision: the svd term keeps
-its gradient (the reference code takes the SVD under no_grad, which makes the term constant).
+recomputes it (PiSSA's SVD is deterministic, the head is seeded). The svd term keeps its
+gradient, as in the reference code (cyp-jlu-ai/BA-LoRA `train.py`, `svd_regularization`, at
+its last commit e119f2f: `linalg.svd` outside any no_grad; one intermediate commit, 54c44cb,
+wrapped it in no_grad, which made the term a constant, and the next, ba44cd3, removed that).
 """
 
 from contextlib import contextmanager

@@ -1,9 +1,17 @@
-"""SVFit: fine-tune only the top singular values (Sun et al., 2024, "SVFit").
+"""SVFit: fine-tune only the top singular values (Sun et al., 2024, "SVFit: Parameter-Efficient
+Fine-Tuning of Large Pre-Trained Models Using Singular Values", arXiv 2409.05926).
 
-W = U diag(s) V^T. The top-r triplets, with r the smallest rank whose singular values sum to
-`spectrum` (default 99%) of the total, become W_top = U_r diag(s_r) V_r^T with s_r trainable;
+W = U diag(s) V^T. The top-r triplets, with r the smallest rank whose share of the spectrum
+reaches `spectrum` (default 99%), become W_top = U_r diag(s_r) V_r^T with s_r trainable;
 U_r, V_r and the residual W - W_top stay frozen. Forward weight: residual + U_r diag(s_r) V_r^T.
 Trainable parameters per layer: r.
+
+The share (`measure`): the paper (abstract, arXiv v1; the stored copies of its HTML version
+give no more than the abstract and summaries, and no official code was found) keeps "the most
+critical singular values that capture over 99% of the matrix's information" and does not say
+which sum. `sum`: Σ_{i≤r} s_i / Σ s_i (the nuclear norm's share; the default, as before);
+`energy`: Σ_{i≤r} s_i² / Σ s_i² (the squared Frobenius norm's share, the error measure of
+the best rank-r approximation). `energy` keeps fewer values.
 """
 
 import torch
@@ -13,17 +21,22 @@ from lrlab.adapters.base import Adapter, merge_modules, replace_linears
 from lrlab.errors import require
 
 
-def rank_for_spectrum(singular_values: torch.Tensor, spectrum: float) -> int:
-    cumulative = torch.cumsum(singular_values, 0) / singular_values.sum()
+MEASURES = ("sum", "energy")
+
+
+def rank_for_spectrum(singular_values: torch.Tensor, spectrum: float, measure: str = "sum") -> int:
+    """The smallest r whose top-r share of Σ s (`sum`) or Σ s² (`energy`) reaches `spectrum`."""
+    weights = singular_values if measure == "sum" else singular_values.pow(2)
+    cumulative = torch.cumsum(weights, 0) / weights.sum()
     return int(torch.searchsorted(cumulative, torch.tensor(spectrum, dtype=cumulative.dtype)).item()) + 1
 
 
 class SVFitLinear(nn.Module):
-    def __init__(self, base: nn.Linear, spectrum: float):
+    def __init__(self, base: nn.Linear, spectrum: float, measure: str = "sum"):
         super().__init__()
         weight = base.weight.detach().float()
         u, s, vh = torch.linalg.svd(weight, full_matrices=False)
-        r = min(rank_for_spectrum(s, spectrum), s.numel())
+        r = min(rank_for_spectrum(s, spectrum, measure), s.numel())
         self.register_buffer("u", u[:, :r].contiguous())
         self.register_buffer("vh", vh[:r].contiguous())
         self.register_buffer("residual", weight - (u[:, :r] * s[:r]) @ vh[:r])
@@ -45,14 +58,15 @@ class SVFitLinear(nn.Module):
 
 
 class SVFit(Adapter):
-    def __init__(self, target_modules=None, spectrum: float = 0.99, train_also=None):
+    def __init__(self, target_modules=None, spectrum: float = 0.99, measure: str = "sum", train_also=None):
         super().__init__(target_modules, train_also)
         require(0 < spectrum <= 1, "adapter.spectrum", spectrum, "a fraction in (0, 1]")
-        self.spectrum = spectrum
+        require(measure in MEASURES, "adapter.measure", measure, " or ".join(MEASURES))
+        self.spectrum, self.measure = spectrum, measure
 
     def adapt(self, model: nn.Module) -> nn.Module:
         model.requires_grad_(False)
-        replace_linears(model, self.target_modules, lambda lin: SVFitLinear(lin, self.spectrum))
+        replace_linears(model, self.target_modules, lambda lin: SVFitLinear(lin, self.spectrum, self.measure))
         return model
 
     def export(self, model: nn.Module) -> nn.Module:

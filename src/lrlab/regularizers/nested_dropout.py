@@ -2,14 +2,30 @@
 Chen et al. 2021, "Boosting Co-teaching with Compression Regularization").
 
 In training, keep h[:, :k] and zero the rest, with k drawn from p(k) ∝ exp(−(k/σ)²),
-k = 1..D (σ = 10); evaluation uses all features. One k per batch by default
-(`per_sample: true` draws one per sample). It adds no loss term.
+k = 1..D (σ = 10). One k per batch by default (`per_sample: true` draws one per sample). It adds
+no loss term.
+
+Evaluation, as the official code (yingyichen-cyy/Nested-Co-teaching at 4c9b59f,
+`nested/train_resnet.py` `TestNested`, `nested/test.py`): the classifier is evaluated with every
+truncation k = 1..D on the validation set and the best k is kept, chosen as
+argmax_k (acc_k − 1e-5·(k − 1)) (the official tie-break towards fewer features). The callback
+`TruncationSweep` logs that accuracy as `val/acc_best_k` (the accuracy itself, without the
+1e-5 term the official code also reports) and the k as `val/best_k`; the nested-dropout claims
+use them. `val/acc` stays the accuracy with all D features (the official `TestStandard`, used
+for models trained without nested dropout). The sweep leaves the run's random stream as it was,
+so training is the same with and without it.
 """
 
+import lightning as L
 import torch
+from torch import nn
 
+from lrlab.callbacks.dynamics import predict
 from lrlab.errors import require
 from lrlab.protocol import Method
+from lrlab.tasks.classify import find_head
+
+TIE_BREAK = 1e-5  # the official penalty per extra feature when choosing k
 
 
 class NestedDropout(Method):
@@ -31,3 +47,37 @@ class NestedDropout(Method):
         keep = torch.multinomial(self.distribution(width), draws, replacement=True).to(features.device) + 1
         mask = torch.arange(width, device=features.device)[None, :] < keep[:, None]
         return features * mask.to(features.dtype)
+
+
+@torch.no_grad()
+def truncation_accuracies(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Accuracy of `head` on `features` with only the first k kept, for k = 1..D (index k − 1)."""
+    width = features.shape[1]
+    keep = torch.arange(width, device=features.device)
+    return torch.stack([(head(features * (keep < k).to(features.dtype)).argmax(-1) == labels).float().mean()
+                        for k in range(1, width + 1)])
+
+
+def best_truncation(accuracies: torch.Tensor) -> tuple[int, float]:
+    """(k, accuracy at k) for the official choice argmax_k (acc_k − 1e-5·(k − 1))."""
+    penalised = accuracies.double() - TIE_BREAK * torch.arange(len(accuracies), dtype=torch.float64)
+    index = int(penalised.argmax())
+    return index + 1, float(accuracies[index])
+
+
+class TruncationSweep(L.Callback):
+    """At every validation: `val/acc_best_k` and `val/best_k` over the truncations of the
+    classifier head's input (see the module docstring)."""
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        head = find_head(pl_module.model)
+        require(head is not None, "callbacks.truncation_sweep", type(pl_module.model).__name__,
+                "a classifier with a `head` module")
+        with torch.random.fork_rng(devices=[]):  # the loader's seed draw must not move training's random stream
+            out = predict(pl_module, trainer.datamodule.val_set)
+        weight = next(head.parameters())
+        features, labels = out["features"].to(weight.device, weight.dtype), out["y"].to(weight.device)
+        k, accuracy = best_truncation(truncation_accuracies(head, features, labels))
+        pl_module.log_dict({"val/acc_best_k": accuracy, "val/best_k": float(k)})
