@@ -35,9 +35,11 @@ def finished_outputs(tmp_path_factory):
     os.chdir(root)
     try:
         main(["train", *SMOKE, "run_name=keep"])
+        main(["train", "-m", *SMOKE, "optimizer.lr=1e-3,3e-3", "run_name=grid"])
     finally:
         os.chdir(cwd)
     assert (root / "outputs" / "runs" / "keep" / "summary.json").exists()
+    assert (root / "outputs" / "multiruns" / "grid" / "1" / "summary.json").exists()
     return root / "outputs"
 
 
@@ -86,8 +88,9 @@ CASES = {
     "absolute run name": ([*SMOKE, "run_name=/tmp/x"], "run_name"),
     "run name with a folder": ([*SMOKE, "run_name=a/b"], "run_name"),
     "finished run": ([*SMOKE, "run_name=keep"], "run_name='keep'"),
+    "finished grid": (["-m", *SMOKE, "optimizer.lr=1e-3,3e-3", "run_name=grid"], "run_name='grid'"),
     "changed config on resume": ([*SMOKE, "run_name=keep", "resume=auto", "optimizer=sgd"], "resume='auto'"),
-    "bad value in one grid job": (["-m", *SMOKE, "optimizer.lr=1e-3,inf", "run_name=grid"], "optimizer.lr=inf"),
+    "bad value in one grid job": (["-m", *SMOKE, "optimizer.lr=1e-3,inf", "run_name=new_grid"], "optimizer.lr=inf"),
 }
 
 

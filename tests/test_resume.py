@@ -80,6 +80,7 @@ REFUSED = {
     "optimizer": ("optimizer=sgd", "optimizer._target_"),
     "optimizer setting": ("optimizer.betas=[0.8,0.99]", "optimizer.betas"),
     "regularizer": ("regularizer=elr", "regularizer.elr"),
+    "adapter": ("adapter=lora", "adapter._target_"),
     "data": ("data.noise.rate=0.2", "data.noise.rate"),
     "seed": ("seed=3", "seed"),
     "batch size": ("data.batch_size=32", "data.batch_size"),

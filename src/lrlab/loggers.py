@@ -87,8 +87,7 @@ class CSVLogger(LightningCSVLogger):
 
 class TensorBoardLogger(LightningTensorBoardLogger):
     def resume_from(self, step: int) -> None:
-        if step > 0:
-            self._kwargs["purge_step"] = step
+        self._kwargs["purge_step"] = step
 
 
 def wandb(save_dir: str, project: str, name: str, offline: bool | None = None, **kwargs):

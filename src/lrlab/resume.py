@@ -50,7 +50,8 @@ def try_load(path: Path) -> tuple[dict | None, str | None]:
     try:
         checkpoint = load(path)
     except Exception as err:  # truncated zip, pickle refused by weights_only, not a checkpoint at all
-        return None, f"{type(err).__name__}: {str(err).strip().splitlines()[0][:100] if str(err).strip() else ''}"
+        first = str(err).strip().split(". ")[0].splitlines()[0] if str(err).strip() else ""
+        return None, f"{type(err).__name__}: {first[:120]}"
     if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
         return None, "not a training checkpoint (no global_step)"
     return checkpoint, None

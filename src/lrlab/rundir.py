@@ -63,10 +63,8 @@ def write_text(path, text: str) -> None:
 
 def remove_partials(run_dir: Path) -> None:
     """Temp files of writes that a kill interrupted (only called while holding the run's lock)."""
-    for folder in (run_dir, run_dir / "checkpoints"):
-        if folder.is_dir():
-            for stale in folder.glob(f".*{PARTIAL}"):
-                stale.unlink(missing_ok=True)
+    for stale in Path(run_dir).rglob(f".*{PARTIAL}"):
+        stale.unlink(missing_ok=True)
 
 
 # --- one writer ---------------------------------------------------------------------------
@@ -101,6 +99,10 @@ class RunLock:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         self._file = handle
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
 
     def release(self) -> None:
         if self._file is not None:

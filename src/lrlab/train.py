@@ -208,12 +208,10 @@ def resolve_start(cfg: DictConfig, run_dir: Path) -> resuming.Start:
     if path is None:
         require(not skipped, "resume", resume, f"no readable checkpoint in {run_dir / 'checkpoints'} "
                 f"({'; '.join(skipped)}): summary.json is left as it was; start a new run_name")
-        require(rundir.read_summary(run_dir) is None, "resume", resume, f"{run_dir} holds a summary but no "
-                "checkpoint to continue from: start a new run_name")
+        require(rundir.read_summary(run_dir) is None or completed(cfg, run_dir) is not None, "resume", resume,
+                f"{run_dir} holds a summary but no checkpoint to continue from: start a new run_name")
         return resuming.Start()
     changed = resuming.checked_changes(checkpoint, cfg, "resume", resume, _config_yaml(run_dir))
-    if skipped:
-        print(f"warning: resume=auto: passed over {'; '.join(skipped)}; continuing from {path.name}", file=sys.stderr)
     return resuming.Start(str(path), int(checkpoint["global_step"]), changed, skipped)
 
 
@@ -288,6 +286,9 @@ def run(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> dict | None:
                   "(raise trainer.max_steps to continue it)", file=sys.stderr)
             return ready.complete
         start = ready.start
+        if start.skipped:
+            print(f"warning: resume=auto: passed over {'; '.join(start.skipped)}; continuing from {start.ckpt}",
+                  file=sys.stderr)
         if owner:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire(cfg.run_name)
@@ -297,8 +298,8 @@ def run(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> dict | None:
             rundir.write_records(run_dir, cfg, start.record() if start.ckpt else None, hydra_cfg)
         return fit(cfg, run_dir, ready.datamodule, ready.task, start)
     except ConfigError:
-        if fresh_dir and owner:
-            lock.release()
+        if fresh_dir and owner and (lock.held or not (run_dir.exists() and any(run_dir.iterdir()))):
+            lock.release()  # a dir this start created, and no other run uses: leave nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:

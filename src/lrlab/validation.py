@@ -20,7 +20,7 @@ REQUIRED = ("model", "data", "optimizer", "scheduler", "regularizer", "adapter",
             "callbacks", "paths", "seed", "run_name", "resume", "ckpt_path", "deterministic")
 TURNED_OFF_BY = {"logger": "logger=none", "callbacks": "callbacks=none", "regularizer": "regularizer=none",
                  "adapter": "adapter=none"}
-PRECISIONS = tuple(str(p) for group in get_args(_PRECISION_INPUT) for p in get_args(group))
+PRECISIONS = tuple(dict.fromkeys(str(p) for group in get_args(_PRECISION_INPUT) for p in get_args(group)))
 
 
 def _is_int(v) -> bool:
@@ -115,7 +115,16 @@ def check_structure(cfg: DictConfig) -> None:
         if named:
             raise ConfigError(named.group(1), "???", f"is required: set it, e.g. {named.group(1)}=VALUE") from None
         reason = str(err).strip().splitlines()[0]
-        raise ConfigError(err.full_key or "config", None, f"cannot be resolved: {reason}") from None
+        raise ConfigError(err.full_key or "config", _raw(cfg, err.full_key), f"cannot be resolved: {reason}") from None
+
+
+def _raw(cfg: DictConfig, dotted: str | None):
+    """The value as written (an interpolation stays `${...}`)."""
+    if not dotted or "." not in dotted:
+        return None
+    parent, _, leaf = dotted.rpartition(".")
+    node = OmegaConf.select(cfg, parent, throw_on_resolution_failure=False)
+    return node._get_node(leaf)._value() if isinstance(node, DictConfig) and leaf in node else None
 
 
 def _unset(node, prefix: str = ""):
