@@ -364,7 +364,7 @@ def stopped(error: Exception, run_dir: Path, rank_zero: bool) -> TrainingFailed:
         message, code = f"{what}: run stopped; {then}{where}", 2
     else:
         where = (f"resume from ckpt_path={found[0]} (step {found[1]}, finite) with a lower optimizer.lr"
-                 if found else "no checkpoint was saved; rerun with a lower optimizer.lr")
+                 if found else "no checkpoint was saved; rerun under a new run_name with a lower optimizer.lr")
         message, code = f"{error}; run stopped: {where}", 1
     if rank_zero:
         _record_error(run_dir, message)
