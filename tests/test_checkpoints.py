@@ -69,7 +69,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(make_cfg, tmp_pat
         last = run_dir / "checkpoints" / "last.ckpt"
         assert _load(last)["global_step"] == 3  # the previous checkpoint, whole
         resumed = run(make_cfg(*args, "resume=auto", run=str(run_dir)))
-        straight = run(make_cfg(*args, run="straight"))
+        run(make_cfg(*args, run="straight"))
         assert resumed["status"] == "completed" and resumed["steps"] == 6
         a, b = _load(last)["state_dict"], _load(tmp_path / "straight" / "checkpoints" / "last.ckpt")["state_dict"]
         assert all(torch.equal(a[k], b[k]) for k in a)
