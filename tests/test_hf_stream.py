@@ -65,3 +65,17 @@ def test_unloadable_tokenizer_is_one_clear_error(cli, tmp_path, corpus):
     code, _, err = cli("train", *overrides(corpus)[:-4], "data.tokenizer=/no/such/tokenizer", "debug=smoke",
                        "logger=none")
     assert code == 2 and "data.tokenizer" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("train_text, key", [("", "data.dataset"), ('{"body": "some words"}\n', "data.text_field")],
+                         ids=["empty_stream", "missing_text_field"])
+def test_stream_without_text_is_refused(cli, tmp_path, corpus, train_text, key):
+    """An empty stream used to start empty epochs forever; a missing field raised a KeyError."""
+    data = tmp_path / ("train.jsonl" if train_text else "train.txt")
+    data.write_text(train_text)
+    kind = "json" if train_text else "text"
+    code, _, err = cli("train", "data=hf_text", f"data.dataset={kind}", f"data.tokenizer={corpus / 'tokenizer'}",
+                       "data.vocab_size=320", f"data.data_files={{train:'{data}',validation:'{data}'}}",
+                       "data.seq_len=32", "data.batch_size=4", "debug=smoke", "logger=none", "run_name=stream")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith(f"error: {key}="), err[-2000:]
+    assert not (tmp_path / "outputs").exists()

@@ -13,7 +13,7 @@ import torch
 from lrlab.errors import ConfigError
 from lrlab.train import TrainingFailed, run
 
-SUMMARY_KEYS = {"status", "metrics", "optimizer_state_bytes", "optimizer_state_bytes_by_group",
+SUMMARY_KEYS = {"status", "error", "metrics", "optimizer_state_bytes", "optimizer_state_bytes_by_group",
                 "trainable_params", "total_params", "peak_memory_bytes", "throughput", "wall_seconds",
                 "steps", "seed", "config_hash", "git_sha", "versions"}
 DIGITS = "experiment=baseline/digits_mlp_adamw"
@@ -83,6 +83,20 @@ def test_same_seed_same_curve(make_cfg):
     assert first["metrics"]["final"] == second["metrics"]["final"]
     third = run(make_cfg(DIGITS, "debug=smoke", "seed=1", run="c"))
     assert third["metrics"]["final"] != first["metrics"]["final"]
+
+
+@pytest.mark.parametrize("switch, on", [("true", True), ("false", False)])
+def test_one_switch_governs_deterministic_algorithms(make_cfg, switch, on, monkeypatch):
+    """`deterministic` alone decides: the Trainer no longer turns the algorithms off again, and
+    deterministic cuBLAS gets its workspace setting."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        run(make_cfg(DIGITS, "debug=smoke", f"deterministic={switch}"))
+        assert torch.are_deterministic_algorithms_enabled() is on
+        assert (os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8") is on
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def test_checkpoint_loads_weights_only(make_cfg, tmp_path):

@@ -8,6 +8,7 @@ and exits with code 2; set HYDRA_FULL_ERROR=1 for the traceback.
 import argparse
 import os
 import re
+import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from lrlab import conf_dir
 from lrlab.console import quiet_libraries
 from lrlab.errors import ConfigError
+from lrlab.rundir import first_missing
 
 EXIT_BAD_INPUT = 2
 HIDDEN_GROUPS = ("hydra", "paths")
@@ -71,40 +73,92 @@ def _value(overrides: list[str], key: str) -> str | None:
     return None
 
 
-def precheck(overrides: list[str], multirun: bool) -> None:
-    """Compose every job before Hydra creates a run dir, and refuse to overwrite a finished run."""
-    from lrlab.train import compose, has_results
+def check_overrides(overrides: list[str]) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    for parsed, text in zip(OverridesParser.create().parse_overrides(overrides), overrides):
+        if not parsed.key_or_group:
+            raise ConfigError("override", text, "must be KEY=VALUE, e.g. optimizer.lr=3e-3")
+
+
+def job_dir(job: list[str], multirun: bool, num: int) -> tuple[Path, str]:
+    """Where Hydra will put this job, and the key that chose the place (for messages)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    fixed = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        node = compose("train", overrides=[*job, *([f"hydra.job.num={num}"] if multirun else [])],
+                       return_hydra_config=True).hydra
+    place = Path(str(OmegaConf.select(node, "sweep.dir" if multirun else "run.dir")))
+    if multirun:
+        place = place / str(OmegaConf.select(node, "sweep.subdir"))
+    return Path(os.path.abspath(place)), fixed if _value(job, fixed) is not None else "run_name"
+
+
+def precheck(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """Make every check of every job before Hydra creates anything: a grid with one bad value
+    fails in seconds, not after hours, and a refused input leaves the file system as it was.
+    Returns the jobs."""
+    from lrlab.train import compose, prepare
+
+    check_overrides(overrides)
     jobs = _expand_sweep(overrides) if multirun else [overrides]
-    for job in jobs:
-        cfg = compose(job, run_dir="/nonexistent")
-        output = Path(str(cfg.paths.output_dir))
-        if multirun:
-            target = output / "multiruns" / str(cfg.run_name)
-            exists = target.exists() and any(target.glob("*/summary.json"))
-        else:
-            target = output / "runs" / str(cfg.run_name)
-            exists = has_results(target)
-        if exists and cfg.get("resume") != "auto" and not cfg.get("ckpt_path"):
-            raise ConfigError("run_name", str(cfg.run_name),
-                              f"{target} already holds results: pass resume=auto or choose a new run_name")
+    for num, job in enumerate(jobs):
+        try:
+            place, chosen_by = job_dir(job, multirun, num)
+            prepare(compose(job, run_dir=str(place)), place, chosen_by)
+        except ConfigError as err:
+            if len(jobs) == 1:
+                raise
+            raise ConfigError(err.key, err.value, f"{err.allowed} (job {num} of the grid; no job was started)") from None
+    return jobs
+
+
+def _differing(job: list[str], jobs: list[list[str]]) -> list[str]:
+    return [item for item in job if not all(item in other for other in jobs)]
+
+
+def grid_summary(jobs: list[list[str]], failed: list[tuple[int, str]]) -> str:
+    parts = []
+    for num, reason in failed:
+        label = " ".join(_differing(jobs[num], jobs)) if num < len(jobs) else ""
+        parts.append(f"job {num} ({label + ': ' if label else ''}{reason.split(';')[0]})")
+    return f"{len(jobs) - len(failed)} of {len(jobs)} jobs completed; failed: {', '.join(parts)}"
+
+
+def remove_if_empty(created: Path | None) -> None:
+    """Folders that Hydra made for a run refused after it started, when nothing was written in them."""
+    if created is not None and created.is_dir() and not any(p.is_file() for p in created.rglob("*")):
+        shutil.rmtree(created, ignore_errors=True)
 
 
 def cmd_train(args) -> None:
     overrides = list(args.overrides)
     if _value(overrides, "run_name") is None:
         overrides.append(f"run_name={datetime.now():%Y-%m-%d_%H-%M-%S}")
-    guarded(precheck, overrides, args.multirun)
+    jobs = guarded(precheck, overrides, args.multirun)
+    top = job_dir(overrides if not args.multirun else jobs[0], args.multirun, 0)[0]
+    created = first_missing(top.parent if args.multirun else top)
     import importlib.util
 
     import __main__
-    from lrlab.train_entry import hydra_main
+    from lrlab import train_entry
 
     # Lightning's `ddp` launcher re-runs `python -m <__main__'s module> <argv[1:]>` for each rank:
     # point it at the Hydra entry, which takes the overrides directly.
     __main__.__spec__ = importlib.util.find_spec("lrlab.train_entry")
     sys.argv = ["lrlab", *(["--multirun"] if args.multirun else []), *overrides]
-    hydra_main()
+    train_entry.FAILED.clear()
+    try:
+        train_entry.hydra_main()
+    except SystemExit as done:
+        if done.code == EXIT_BAD_INPUT:
+            remove_if_empty(created)
+        raise
+    if args.multirun and train_entry.FAILED:
+        print(grid_summary(jobs, train_entry.FAILED), file=sys.stderr)
+        sys.exit(1)
 
 
 # --- ls / show / validate ----------------------------------------------------------------
@@ -156,10 +210,10 @@ def cmd_data(args) -> None:
 
     if args.action == "ls":
         print(f"cache: {fetch.cache_root() / 'data'}")
-        print(f"  {'name':<16}{'present':<9}{'source':<36}description")
+        print(f"  {'name':<16}{'present':<9}{'source':<56}description")
         for name, src in sorted(fetch.SOURCES.items()):
             present = "yes" if fetch.is_present(name) else "no"
-            print(f"  {name:<16}{present:<9}{src.kind + ':' + src.package:<36}{src.description}")
+            print(f"  {name:<16}{present:<9}{src.kind + ':' + src.package + '==' + src.version:<56}{src.description}")
         print("  (digits, modular_arithmetic and stdlib_bytes need no fetch)")
         return
     if not args.name:

@@ -1,13 +1,23 @@
-"""The Hydra entry point behind `lrlab train` (gives run dirs, multirun and `.hydra/` records)."""
+"""The Hydra entry point behind `lrlab train` (gives run dirs and multirun).
+
+A single run that fails exits at once (2: bad input or the file system, 1: training failed).
+In a multirun grid a failing job is recorded (its summary says "failed" and why) and the grid
+goes on; `FAILED` collects (job number, reason) for the one-line summary the CLI prints at the
+end.
+"""
 
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lrlab import conf_dir
 from lrlab.errors import ConfigError
 from lrlab.train import TrainingFailed, run
+
+FAILED: list[tuple[int, str]] = []
 
 
 def print_summary(summary: dict, run_dir: str) -> None:
@@ -25,14 +35,15 @@ def print_summary(summary: dict, run_dir: str) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def hydra_main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.instance().cfg
     try:
-        summary = run(cfg)
-    except ConfigError as err:
+        summary = run(cfg, hydra_cfg)
+    except (ConfigError, TrainingFailed) as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        if hydra_cfg.hydra.mode == RunMode.MULTIRUN:
+            FAILED.append((int(hydra_cfg.hydra.job.num), str(err)))
+            return
+        sys.exit(err.exit_code if isinstance(err, TrainingFailed) else 2)
     if summary is not None:
         print_summary(summary, str(cfg.paths.run_dir))
 

@@ -1,4 +1,6 @@
-"""Peak memory: CUDA max allocated on GPU, otherwise the process's peak resident set (RSS)."""
+"""Peak memory: CUDA max allocated on GPU, otherwise the process's peak resident set (RSS).
+
+The peak is checkpointed, so a resumed run reports the largest of all its segments."""
 
 import resource
 import sys
@@ -13,12 +15,21 @@ def peak_rss_bytes() -> int:
 
 
 class PeakMemory(L.Callback):
+    def __init__(self):
+        self.earlier = 0  # the peak of the segments before a resume
+        self.device = torch.device("cpu")
+
     def on_train_start(self, trainer, pl_module) -> None:
+        self.device = pl_module.device
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
 
     def measure(self, device: torch.device) -> int:
-        if device.type == "cuda":
-            return int(torch.cuda.max_memory_allocated(device))
-        return peak_rss_bytes()
+        now = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else peak_rss_bytes()
+        return max(now, self.earlier)
 
+    def state_dict(self) -> dict:
+        return {"earlier": self.measure(self.device)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.earlier = int(state["earlier"])

@@ -1,13 +1,14 @@
 """The run summary: `summary.json` in the run dir, written on completion, failure or interrupt.
 
-Keys (exactly): status, metrics, optimizer_state_bytes, optimizer_state_bytes_by_group,
+Keys (exactly): status, error, metrics, optimizer_state_bytes, optimizer_state_bytes_by_group,
 trainable_params, total_params, peak_memory_bytes, throughput, wall_seconds, steps, seed,
-config_hash, git_sha, versions. `metrics` holds `final` and `best` validation values by name.
+config_hash, git_sha, versions. `metrics` holds `final` and `best` validation values by name;
+`error` is null, or one line saying why the run failed. Metrics and wall time are checkpointed,
+so a resumed run reports all its segments. The file is replaced atomically.
 """
 
 import json
 import math
-import os
 import platform
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 from lrlab.errors import ConfigError
 from lrlab.optim.routing import state_bytes
+from lrlab.rundir import write_text
 
 LOWER_IS_BETTER = ("loss", "ppl", "nll", "ece")
 
@@ -37,6 +39,7 @@ class RunSummary(L.Callback):
         self.best: dict[str, float] = {}
         self.extra: dict[str, float] = {}
         self.started = time.perf_counter()
+        self.earlier_seconds = 0.0  # wall time of the segments before a resume
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.started = time.perf_counter()
@@ -53,11 +56,15 @@ class RunSummary(L.Callback):
             elif not name.startswith("train/"):
                 self.extra[name] = value
 
+    def wall_seconds(self) -> float:
+        return self.earlier_seconds + time.perf_counter() - self.started
+
     def state_dict(self) -> dict:
-        return {"best": dict(self.best), "final": dict(self.final)}
+        return {"best": dict(self.best), "final": dict(self.final), "wall_seconds": self.wall_seconds()}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.final = dict(state["best"]), dict(state["final"])
+        self.earlier_seconds = float(state.get("wall_seconds", 0.0))
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.write(trainer, pl_module, "interrupted" if self.interrupt.requested else "completed")
@@ -65,20 +72,27 @@ class RunSummary(L.Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, ConfigError):  # bad input found late: no run happened
             return
-        status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SystemExit)) else "failed"
-        self.write(trainer, pl_module, status)
+        if isinstance(exception, (KeyboardInterrupt, SystemExit)):
+            self.write(trainer, pl_module, "interrupted")
+            return
+        try:  # a full disk must not hide the error that stopped the run
+            self.write(trainer, pl_module, "failed", str(exception).strip().splitlines()[0] if str(exception).strip()
+                       else type(exception).__name__)
+        except OSError:
+            pass
 
-    def write(self, trainer, pl_module, status: str) -> None:
+    def write(self, trainer, pl_module, status: str, error: str | None = None) -> None:
         if trainer.is_global_zero:
-            write(self.build(trainer, pl_module, status), self.run_dir)
+            write(self.build(trainer, pl_module, status, error), self.run_dir)
 
-    def build(self, trainer, task, status: str) -> dict:
+    def build(self, trainer, task, status: str, error: str | None = None) -> dict:
         total_state, by_group = state_bytes(trainer.optimizers[0]) if trainer.optimizers else (0, [])
         params = list(task.model.parameters())
         rate = self.throughput.result()
         metrics = {"final": self.final, "best": self.best, "other": {**self.extra, "step_ms": rate.pop("step_ms")}}
         return {
             "status": status,
+            "error": error,
             "metrics": metrics,
             "optimizer_state_bytes": int(total_state),
             "optimizer_state_bytes_by_group": [int(b) for b in by_group],
@@ -86,7 +100,7 @@ class RunSummary(L.Callback):
             "total_params": int(sum(p.numel() for p in params)),
             "peak_memory_bytes": int(self.memory.measure(task.device)),
             "throughput": rate,
-            "wall_seconds": round(time.perf_counter() - self.started, 3),
+            "wall_seconds": round(self.wall_seconds(), 3),
             "steps": int(trainer.global_step),
             "seed": self.run_info["seed"],
             "config_hash": self.run_info["config_hash"],
@@ -107,7 +121,5 @@ def read(run_dir: Path) -> dict | None:
 
 def write(summary: dict, run_dir: Path) -> Path:
     path = Path(run_dir) / "summary.json"
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(summary, indent=2, sort_keys=False) + "\n")
     return path

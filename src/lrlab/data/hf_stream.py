@@ -47,6 +47,8 @@ class PackedStream(IterableDataset):
                               f"{str(err).splitlines()[0][:120]})") from None
         rank, world = _rank_world()
         for i, row in enumerate(stream):
+            require(self.text_field in row, "data.text_field", self.text_field,
+                    f"not a field of {self.dataset}: one of {', '.join(row)}")
             if i % world == rank and row[self.text_field]:
                 yield row[self.text_field]
 
@@ -68,6 +70,10 @@ class PackedStream(IterableDataset):
                     continue
                 ids = torch.tensor(block, dtype=torch.long)
                 yield {"input_ids": ids, "labels": ids, "index": torch.tensor(produced - 1)}
+        # an empty split would end every epoch at once, and the fit loop would start epochs forever
+        require(produced > 0 or self.max_blocks == 0, "data.dataset", self.dataset,
+                f"split {self.split!r} holds no block of data.seq_len={self.seq_len} tokens: give a non-empty "
+                "dataset (or a shorter seq_len)")
 
 
 class StreamLoader(DataLoader):
