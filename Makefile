@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 STAMP   = $(VENV)/.installed
 SOURCES = pyproject.toml $(shell find src conf -type f -not -name '*.pyc' 2>/dev/null)
 
-.PHONY: install dev test train bench clean
+.PHONY: install dev test test-fast smoke train bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,12 @@ dev: install  ## editable install for working on the code
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-fast: install  ## unit tests only: no subprocesses, DDP, registry fetches or the preset smoke
+	$(BIN)/python -m pytest -q -m "not slow and not network"
+
+smoke: install  ## every preset in miniature on the CPU (what CI runs before GPU hours)
+	$(BIN)/lrlab validate && $(BIN)/lrlab smoke
 
 train: install
 	$(BIN)/lrlab train

@@ -204,6 +204,27 @@ def cmd_validate(args) -> None:
     sys.exit(1 if broken else 0)
 
 
+def cmd_smoke(args) -> None:
+    import tempfile
+    import time
+
+    from lrlab import smoke
+    from lrlab.validate import presets
+
+    chosen = guarded(smoke.select, list(args.patterns), presets())
+    print(f"smoke: {len(chosen)} presets in miniature, {args.jobs or os.cpu_count()} at a time")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="lrlab-smoke-") as scratch:
+        out = Path(args.out) if args.out else Path(scratch)
+        results = smoke.run_all(chosen, out, steps=args.steps, jobs=args.jobs, report=lambda line: print(line, flush=True))
+    seconds = time.perf_counter() - started
+    failed = [r for r in results if not r.ok]
+    if args.junit_xml:
+        Path(args.junit_xml).write_text(smoke.junit_xml(results, seconds))
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed in {seconds:.0f} s")
+    sys.exit(1 if failed else 0)
+
+
 # --- data --------------------------------------------------------------------------------
 def cmd_data(args) -> None:
     from lrlab.data import fetch
@@ -245,6 +266,12 @@ def parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="compose and instantiate every preset without training")
     validate.add_argument("--preset", dest="presets", action="append", help="only this preset (repeatable)")
     validate.add_argument("overrides", nargs=argparse.REMAINDER)
+    smoke = sub.add_parser("smoke", help="run every preset (or those matching PATTERNs) in miniature on the CPU")
+    smoke.add_argument("patterns", nargs="*", help="preset names or shell patterns, e.g. 'galore/*' or lora")
+    smoke.add_argument("--jobs", type=int, default=None, help="presets run at once (default: one per core)")
+    smoke.add_argument("--steps", type=int, default=2, help="steps before the checkpoint the resume starts from")
+    smoke.add_argument("--junit-xml", metavar="FILE", help="also write the results as JUnit XML")
+    smoke.add_argument("--out", metavar="DIR", help="keep the miniature runs in DIR (default: a temporary dir)")
     data = sub.add_parser("data", help="list or fetch datasets")
     data.add_argument("action", choices=["ls", "fetch"])
     data.add_argument("name", nargs="*")
@@ -255,7 +282,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"report": cmd_report, "train": cmd_train, "ls": cmd_ls, "show": cmd_show, "validate": cmd_validate, "data": cmd_data}
+COMMANDS = {"report": cmd_report, "train": cmd_train, "ls": cmd_ls, "show": cmd_show, "validate": cmd_validate,
+            "smoke": cmd_smoke, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> None:
