@@ -111,3 +111,11 @@ def test_token_inputs_drop_padding_positions():
 def test_bad_input_is_a_config_error(method, settings, key):
     with pytest.raises(ConfigError, match=key):
         method("adapter", "eva", **settings)
+
+
+def test_too_small_batches_end_in_one_line_instead_of_cycling_forever(method, tiny, make_task):
+    adapter = method("adapter", "eva", target_modules=TARGETS, r=4, max_init_batches=6)
+    model = adapter.transform_model(tiny())
+    small = [{"x": torch.randn(4, 16), "y": torch.zeros(4, dtype=torch.long)}] * 2  # 4 rows < rho * r = 8
+    with pytest.raises(ConfigError, match="adapter.max_init_batches=6: EVA's components did not converge"):
+        adapter.init_from_data(make_task(model, [adapter]), small)

@@ -15,6 +15,7 @@ the optimizer is built (ranks change the parameter set). Batches are our `{"x", 
 inputs (`x` a dict with `attention_mask`) only non-padding positions enter the SVD.
 """
 
+import itertools
 import warnings
 
 import peft
@@ -43,13 +44,34 @@ def layer_rows(layer_input, mask: torch.Tensor | None, layer_name: str) -> torch
     return h.reshape(-1, h.shape[-1])
 
 
+class Bounded:
+    """The loader's batches epoch after epoch, ending in a one-line error after `max_batches`: PEFT
+    cycles the loader until every layer's components converge, which never happens when a batch
+    holds fewer rows than the components it computes (rho * r). Its length is the loader's."""
+
+    def __init__(self, loader, max_batches: int):
+        self.loader, self.max_batches = loader, max_batches
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for count, batch in enumerate(itertools.chain.from_iterable(itertools.repeat(self.loader))):
+            require(count < self.max_batches, "adapter.max_init_batches", self.max_batches,
+                    "EVA's components did not converge within that many batches: each batch needs at least "
+                    "rho * r rows (raise data.batch_size), or lower adapter.tau, or allow more batches")
+            yield batch
+
+
 class EVA(Adapter):
     def __init__(self, target_modules=None, r: int = 8, alpha: float = 16.0, dropout: float = 0.0, rho: float = 2.0,
-                 tau: float = 0.99, train_also=None):
+                 tau: float = 0.99, max_init_batches: int = 1000, train_also=None):
         super().__init__(target_modules, train_also)
         require(rho >= 1, "adapter.rho", rho, "a number >= 1 (the largest rank a layer may take is rho * r)")
         require(0 < tau <= 1, "adapter.tau", tau, "a cosine threshold in (0, 1]")
+        require(max_init_batches >= 1, "adapter.max_init_batches", max_init_batches, "an integer >= 1")
         self.r, self.alpha, self.dropout, self.rho, self.tau = r, alpha, dropout, rho, tau
+        self.max_init_batches = max_init_batches
 
     def adapt(self, model: nn.Module) -> nn.Module:
         check_rank(targeted(model, self.target_modules), self.r)
@@ -63,8 +85,9 @@ class EVA(Adapter):
             return peft.get_peft_model(model, config)
 
     def init_from_data(self, task, loader) -> None:
-        peft.initialize_lora_eva_weights(task.model, loader, forward_fn=forward, prepare_model_inputs_fn=token_mask,
-                                         prepare_layer_inputs_fn=layer_rows, show_progress_bar=False)
+        peft.initialize_lora_eva_weights(task.model, Bounded(loader, self.max_init_batches), forward_fn=forward,
+                                         prepare_model_inputs_fn=token_mask, prepare_layer_inputs_fn=layer_rows,
+                                         show_progress_bar=False)
 
     def export(self, model: nn.Module) -> nn.Module:
         return model.merge_and_unload()
