@@ -109,6 +109,11 @@ class RunSummary(L.Callback):
         }
 
 
+KEYS = ("status", "error", "metrics", "optimizer_state_bytes", "optimizer_state_bytes_by_group", "trainable_params",
+        "total_params", "peak_memory_bytes", "throughput", "wall_seconds", "steps", "seed", "config_hash", "git_sha",
+        "versions")  # what `summary.json` holds (the module docstring says what each is)
+
+
 def versions() -> dict:
     return {"torch": torch.__version__, "lightning": L.__version__, "hydra": hydra.__version__,
             "python": platform.python_version()}
