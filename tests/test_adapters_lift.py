@@ -94,3 +94,19 @@ def test_lift_refuses_another_optimizer_and_a_bad_select(method, tiny):
         adapter.build_optimizer(model, {"_target_": "lrlab.optim.lowrank_adam.build", "lr": 0.01})
     with pytest.raises(ConfigError, match="adapter.select"):
         method("adapter", "lift", select="random")
+
+
+def test_a_checkpointed_optimizer_keeps_its_integer_indices(lifted):
+    import io
+
+    _, model, opt = lifted(refresh_every=2)
+    x, y = torch.randn(8, 16), torch.randint(0, 3, (8,))
+    torch.nn.functional.cross_entropy(model(x)["logits"], y).backward()
+    opt.step()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    _, _, fresh = lifted(refresh_every=2)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    index = fresh.state[fresh.param_groups[0]["params"][0]]["index"]
+    assert index.dtype == torch.int64 and torch.equal(index, opt.state[opt.param_groups[0]["params"][0]]["index"])

@@ -269,7 +269,8 @@ def parser() -> argparse.ArgumentParser:
     smoke = sub.add_parser("smoke", help="run every preset (or those matching PATTERNs) in miniature on the CPU")
     smoke.add_argument("patterns", nargs="*", help="preset names or shell patterns, e.g. 'galore/*' or lora")
     smoke.add_argument("--jobs", type=int, default=None, help="presets run at once (default: one per core)")
-    smoke.add_argument("--steps", type=int, default=2, help="steps before the checkpoint the resume starts from")
+    smoke.add_argument("--steps", type=int, default=3,
+                       help="steps before the checkpoint the resume starts from (3: between two refreshes)")
     smoke.add_argument("--junit-xml", metavar="FILE", help="also write the results as JUnit XML")
     smoke.add_argument("--out", metavar="DIR", help="keep the miniature runs in DIR (default: a temporary dir)")
     data = sub.add_parser("data", help="list or fetch datasets")

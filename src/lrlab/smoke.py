@@ -14,7 +14,8 @@ CPU cannot hold is swapped, and printed per preset:
   becomes `REFRESH` steps, and the optimizer's rank is capped to the small widths.
 
 Each preset runs `steps + 1` steps straight (a checkpoint at `steps`, a validation at the end),
-then again from that checkpoint for the last step. It passes when the loss is finite, the
+then again from that checkpoint for the last step. With `steps` = 3 the resume falls between two
+refreshes (at steps 2 and 4), so the state a refresh left must survive the checkpoint. It passes when the loss is finite, the
 summary is complete and the resumed run's final metrics and weights equal the straight run's.
 Presets run in parallel worker processes, each with its share of the cores.
 """

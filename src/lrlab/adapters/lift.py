@@ -22,6 +22,7 @@ from torch import nn
 
 from lrlab.adapters.base import Adapter, targeted
 from lrlab.errors import require
+from lrlab.optim.state import restore_saved_dtypes
 
 
 def _largest(values: torch.Tensor, budget: int) -> torch.Tensor:
@@ -50,6 +51,11 @@ class MaskedAdamW(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.budgets, self.filter_rank, self.refresh_every = budgets, filter_rank, refresh_every
         self.mask = MASKS[select]
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's load, then the int64 entry indices (and every other state tensor) back in their saved dtype."""
+        super().load_state_dict(state_dict)
+        restore_saved_dtypes(self, state_dict)
 
     def _refresh(self, param, state):
         new = self.mask(param, self.filter_rank, self.budgets[param]).to(param.device)
