@@ -177,12 +177,25 @@ def _dense_step(params: list[torch.Tensor], states: list[dict], group: dict, lr_
         if dtype == torch.float32:
             torch._fused_adam_([p for p, _ in batch], [p.grad for p, _ in batch], [s["exp_avg"] for _, s in batch],
                                [s["exp_avg_sq"] for _, s in batch], [], [step] * len(batch), **kernel)
-        else:
-            for p, s in batch:  # the kernel wants one dtype: step an fp32 copy, round once into p
-                master = p.float()
-                torch._fused_adam_([master], [p.grad.float()], [s["exp_avg"]], [s["exp_avg_sq"]], [], [step],
-                                   **kernel)
-                p.copy_(master)
+            continue
+        for chunk in _chunks(batch):  # the kernel wants one dtype: step fp32 copies, round once into p
+            masters = [p.float() for p, _ in chunk]
+            torch._fused_adam_(masters, [p.grad.float() for p, _ in chunk], [s["exp_avg"] for _, s in chunk],
+                               [s["exp_avg_sq"] for _, s in chunk], [], [step] * len(chunk), **kernel)
+            torch._foreach_copy_([p for p, _ in chunk], masters)
+
+
+def _chunks(batch: list, budget: int = 1 << 24) -> list[list]:
+    """Consecutive runs of `batch` of at most `budget` elements each (one tensor may exceed it),
+    so that the fp32 copies of bf16 weights stay small next to the weights themselves."""
+    chunks, size = [[]], 0
+    for item in batch:
+        if chunks[-1] and size + item[0].numel() > budget:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += item[0].numel()
+    return chunks
 
 
 def _refresh(p: torch.Tensor, state: dict, grad: torch.Tensor, group: dict) -> None:
