@@ -234,26 +234,32 @@ def test_rewarm_goes_from_one_thousandth_to_one_at_step_n_minus_1(k, expected):
     assert lowrank_adam._rewarm({"step": 200 + k, "rewarm_from": 200}, group) == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize("basis", ["svd", "dct"])
 @pytest.mark.parametrize("shape", [(12, 20), (20, 12), (12, 12)], ids=["m<n", "m>n", "m=n"])
 @pytest.mark.parametrize("on_refresh", ["rotate", "rotate_abs"])
-def test_rotate_maps_moments_into_new_basis(shape, on_refresh):
+def test_rotate_maps_moments_into_new_basis(shape, on_refresh, basis):
     """At a refresh the old moments are carried into the new subspace through the full space:
     m_old lives in span(Pₒ) as Pₒ·m_old, whose coordinates in the new basis are Pₙᵀ·(Pₒ·m_old).
     Then one Adam step of the new R is added: m = β1·m_rot + (1−β1)·R.
     `rotate`: v_rot = (Pₙᵀ·Pₒ)∘(Pₙᵀ·Pₒ) · v_old;  `rotate_abs` (official DCT code): |Pₙᵀ·Pₒ·v_old|."""
     p = nn.Parameter(torch.randn(*shape))
-    opt = lowrank_adam.LowRankAdamW([{"params": [p], "rank": 3, "update_proj_gap": 2, "on_refresh": on_refresh}])
+    opt = lowrank_adam.LowRankAdamW([{"params": [p], "rank": 3, "update_proj_gap": 2, "on_refresh": on_refresh,
+                                      "basis": basis}])
     gen = torch.Generator().manual_seed(3)
+
+    def basis_columns():  # m×r or n×r, orthonormal columns
+        left, right = projector.matrices(opt.state[p], p.shape)
+        return (left if left is not None else right.T).clone(), left is not None
+
     for _ in range(2):
         p.grad = torch.randn(*shape, generator=gen)
         opt.step()
     state = opt.state[p]
-    left = state.get("proj_left") is not None
-    old_basis = (state["proj_left"] if left else state["proj_right"].T).clone()  # m×r or n×r, orthonormal columns
+    old_basis, left = basis_columns()
     m_old, v_old = state["exp_avg"].clone(), state["exp_avg_sq"].clone()
     p.grad = torch.randn(*shape, generator=gen)
     opt.step()
-    new_basis = state["proj_left"] if left else state["proj_right"].T
+    new_basis, _ = basis_columns()
     to_new = new_basis.T @ old_basis  # r×r: old coordinates → new coordinates
     if left:
         m_rot, v_lin, v_sq = to_new @ m_old, to_new @ v_old, (to_new * to_new) @ v_old
