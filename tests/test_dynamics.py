@@ -42,7 +42,10 @@ def test_memorisation_and_rankme_reach_the_summary(make_cfg):
 def test_softmax_collapse_logged_for_grokking(make_cfg):
     summary = run(make_cfg("experiment=grokking/modadd_softmax", "debug=smoke"))
     final = summary["metrics"]["final"]
-    assert 0 <= final["val/zero_gradient"] <= final["val/zero_loss"] <= final["val/softmax_collapse"] <= 1
+    # an all-zero gradient implies a zero loss and a collapse; those two sum their terms in
+    # different orders, so neither bounds the other
+    assert 0 <= final["val/zero_gradient"] <= min(final["val/zero_loss"], final["val/softmax_collapse"])
+    assert max(final["val/zero_loss"], final["val/softmax_collapse"]) <= 1
     assert 0 <= final["val/softmax_collapse_val"] <= 1
 
 

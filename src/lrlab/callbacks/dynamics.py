@@ -7,10 +7,13 @@
   fraction of samples whose float32 Σ exp(z − max z) is exactly 1, i.e. every other class's
   term is absorbed when it is added to the top class's 1 (a logit gap of ~17).
   `val/softmax_collapse` on the training samples (what the paper plots) and
-  `val/softmax_collapse_val` on the validation samples. Beside it, on the training samples:
-  `val/zero_loss`, the fraction whose float32 loss is exactly 0 (the official `zero_terms`:
-  collapsed and predicted right), and the stricter `val/zero_gradient`, the fraction whose
-  whole float32 gradient p − onehot is exactly 0 (a gap beyond float32's exp range, ~104).
+  `val/softmax_collapse_val` on the validation samples. Whether ~100 terms of ~1e-8 are
+  absorbed depends on the order `torch.sum` adds them in (the CPU kernel adds the small ones
+  together first), as in the official code. Beside it, on the training samples: `val/zero_loss`,
+  the fraction whose float32 loss is exactly 0 (the official `zero_terms`; the loss kernel sums
+  in its own order, so it is neither a subset nor a superset of the collapse), and the stricter
+  `val/zero_gradient`, the fraction whose whole float32 gradient p − onehot is exactly 0 (a gap
+  beyond float32's exp range, ~104; implies both).
 - `RankMe` (Garrido et al. 2023): exp(−Σ p_k log p_k) with p_k = σ_k/‖σ‖₁ + 1e-7, σ the
   singular values of the N×D matrix of validation penultimate features (`val/rankme`).
 - `Spectra`: per 2-D weight, the nuclear norm and effective rank (RankMe of its singular
