@@ -3,7 +3,8 @@ a few whole weight matrices, state-free signSGD on all the others.
 
 This is the official `--optimizer frugal` of the pre-training scripts (utils/args_utils.py maps
 it to `block_adamw`; BlockOptimizer in frugal/proj_optimizer_templates.py and AdamW in
-frugal/adamw.py of the official repository, read at its initial commit c7ebe4c). The "blocks"
+frugal/adamw.py of the official code, read at its first author's initial commit c7ebe4c, in the
+history of the fork hungquangbui02022003/FRUGAL). The "blocks"
 are the projectable weights themselves — the 2-D attention/MLP linear weights, in module
 order — and every T = `update_proj_gap` steps (at steps 0, T, 2T, …):
 - k = round(L·density) of the L blocks become active (Python's round, as the official code);
