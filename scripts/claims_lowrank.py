@@ -65,6 +65,8 @@ def main() -> None:
         "FRUGAL (svd)": [*base, "optimizer=frugal_svd", *lowrank, "optimizer.residual_lr_scale=0.1"],
         "GradNormLoRP": [*base, "optimizer=gradnorm_lorp", *lowrank],
         "momentum reset": [*base, "optimizer=lowrank_reset", *lowrank],
+        "momentum reset (projected only)": [*base, "optimizer=lowrank_reset", *lowrank,
+                                            "optimizer.on_refresh=reset_projected"],
     }
     unknown = sorted(set(args.only or ()) - set(grid))
     if unknown:
