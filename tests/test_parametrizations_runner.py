@@ -51,3 +51,23 @@ def test_a_sparse_support_stays_fixed_across_steps_and_resume(make_cfg, tmp_path
     for k, v in zip(keys, values):
         assert torch.equal(middle[k], straight["state_dict"][k]) and torch.equal(middle[k], resumed["state_dict"][k])
         assert not torch.equal(middle[v], straight["state_dict"][v])  # the values train
+
+
+def test_pela_compresses_a_trained_run_and_distils_from_it(make_cfg, tmp_path):
+    from lrlab.build import build_parts
+    from lrlab.parametrizations.pela import DistilledLayer
+
+    run(make_cfg("experiment=baseline/digits_mlp_adamw", "model.hidden=[32,32]", "trainer.max_steps=6",
+                 "trainer.val_check_interval=6", run="dense"))
+    ckpt = tmp_path / "dense" / "checkpoints" / "last.ckpt"
+    weights = torch.load(ckpt, weights_only=True)["state_dict"]
+    _, task = build_parts(make_cfg("experiment=pela/digits_mlp", "model.hidden=[32,32]", "parametrization.rank=5",
+                                   f"parametrization.init_from={ckpt}"))
+    layer = task.model.body[1]
+    assert isinstance(layer, DistilledLayer) and layer.rank == 5
+    assert torch.equal(layer.teacher_weight, weights["model.body.1.weight"])
+    pela = task.methods[0]
+    assert torch.equal(pela.teacher__head__weight, weights["model.head.weight"])
+    best = torch.linalg.svd(weights["model.body.1.weight"])
+    truncated = (best.U[:, :5] * best.S[:5]) @ best.Vh[:5]
+    assert torch.allclose(layer.B @ layer.A, truncated, atol=1e-5)

@@ -4,8 +4,9 @@
    and the checkpoint's model weights are loaded (`torch.load(weights_only=True)`).
 2. It is evaluated on the run's validation set ("before"), then exported to plain layers (each
    method's `export`: a factorisation or sparse part is multiplied out, an adapter merged).
-3. Every targeted weight (a language model's attention/MLP linears, a classifier body's linears and
-   convolutions; a convolution as out × in·kh·kw) is replaced by its rank-k SVD truncation, k = R
+3. Every targeted weight (the run's `parametrization.target_modules` when it names them, else a
+   language model's attention/MLP linears, a classifier body's linears and convolutions; a
+   convolution as out × in·kh·kw) is replaced by its rank-k SVD truncation, k = R
    (at most the smaller side) or the smallest rank keeping E of Σσ² (TRP's energy criterion). Where
    the factors B (m×k), A (k×n) hold fewer entries than W, the layer becomes the factorised module
    (`Factorized`, y = B(A x) + b); otherwise it stays dense, holding the truncated matrix.
@@ -91,10 +92,10 @@ def evaluate(task, datamodule) -> dict:
 
 
 @torch.no_grad()
-def truncate(model: nn.Module, rank: int | None, energy: float | None) -> list[dict]:
+def truncate(model: nn.Module, rank: int | None, energy: float | None, target_modules=None) -> list[dict]:
     """Replace each targeted weight by its SVD truncation (see the module docstring); per-layer record."""
     layers = []
-    for name, layer in select(model, key="compress"):
+    for name, layer in select(model, target_modules, key="compress"):
         m, n = matrix_shape(layer)
         singular_values = torch.linalg.svdvals(layer.weight.reshape(m, n).float())
         k = min(rank, m, n) if rank is not None else energy_rank(singular_values, energy)
@@ -122,7 +123,8 @@ def compress(ckpt: str, rank: int | None = None, energy: float | None = None, ou
     before = measure(task.model, task, datamodule)
     for method in reversed(list(task.methods)):
         task.model = method.export(task.model)
-    layers = truncate(task.model, rank, energy)
+    targets = (cfg.get("parametrization") or {}).get("target_modules")
+    layers = truncate(task.model, rank, energy, None if targets is None else list(targets))
     after = measure(task.model, task, datamodule)
     report = {"ckpt": str(ckpt_path), "out": str(out_dir), "mode": {"rank": rank} if rank is not None else {"energy": energy},
               "before": before, "after": after, "layers": layers}

@@ -4,7 +4,7 @@ github.com/guoyang9/PELA: `DeiT/low_rank.py`, `DeiT/engine.py`, `DeiT/scripts/*.
 `ALBEF/Pretrain.py`, `ALBEF/models/model_pretrain.py`, read there).
 
 Each targeted layer (m×n) of the trained model becomes B·A with rank r = ⌊m·n / (c·(m+n))⌋
-(c = `compression_ratio`; the DeiT scripts use 2), from the SVD of its weight: B = U_r√Σ_r,
+(c = `compression_ratio`; the DeiT scripts use 2; `rank` sets one r for every layer instead), from the SVD of its weight: B = U_r√Σ_r,
 A = √Σ_r·V_rᵀ. The compressed model is then trained with, on top of the task loss:
 - feature distillation: `feature_weight` × the mean over feature modules of MSE(student feature,
   teacher feature), the teacher being the original model (frozen, eval mode) on the same batch;
@@ -33,7 +33,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from lrlab.errors import require
-from lrlab.parametrizations.base import DEFAULT_EXCLUDE, Factorized, Parametrization
+from lrlab.parametrizations.base import DEFAULT_EXCLUDE, Factorized, Parametrization, check_rank
 
 MIN_OUTPUTS = 10
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.Tanh, nn.SiLU)
@@ -86,18 +86,20 @@ class _TeacherCall(nn.Module):
 
 
 class PELA(Parametrization):
-    def __init__(self, compression_ratio: float = 2.0, feature_weight: float = 1.0, logit_weight: float = 0.0,
+    def __init__(self, compression_ratio: float = 2.0, rank: int | None = None, feature_weight: float = 1.0, logit_weight: float = 0.0,
                  perturbation_weight: float = 0.0, perturbation_eps: float = 1e-3, feature_modules=None,
                  init_from: str | None = None, target_modules=None, exclude=DEFAULT_EXCLUDE):
         super().__init__(target_modules, exclude)
         require(compression_ratio > 0, "parametrization.compression_ratio", compression_ratio, "a number > 0")
+        require(rank is None or (isinstance(rank, int) and rank >= 1), "parametrization.rank", rank,
+                "null (from compression_ratio) or an integer >= 1")
         for key, value in (("feature_weight", feature_weight), ("logit_weight", logit_weight),
                            ("perturbation_weight", perturbation_weight)):
             require(value >= 0, f"parametrization.{key}", value, "a number >= 0")
         self.compression_ratio, self.feature_weight, self.logit_weight = compression_ratio, feature_weight, logit_weight
         self.perturbation_weight, self.perturbation_eps = perturbation_weight, perturbation_eps
         self.feature_modules = None if feature_modules is None else list(feature_modules)
-        self.init_from = init_from
+        self.init_from, self.rank = init_from, rank
         self._teaching = False
         self._features: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
         self._hooks: list = []
@@ -106,9 +108,14 @@ class PELA(Parametrization):
     def targets(self, model):
         return [(name, layer) for name, layer in super().targets(model) if layer.weight.shape[0] >= MIN_OUTPUTS]
 
+    def checked(self, targets):
+        if self.rank is not None:
+            check_rank(targets, self.rank)
+        return targets
+
     def rewrite(self, name: str, layer: nn.Module) -> nn.Module:
         m, n = layer.weight.shape[0], layer.weight[0].numel()
-        return DistilledLayer(layer, pela_rank(m, n, self.compression_ratio))
+        return DistilledLayer(layer, self.rank or pela_rank(m, n, self.compression_ratio))
 
     def transform_model(self, model: nn.Module) -> nn.Module:
         if self.init_from:
