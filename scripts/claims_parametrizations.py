@@ -9,7 +9,8 @@
     `lrlab compress` to rank 8 and to 90% energy; PELA compresses the normally trained model to rank 8
     and trains it 200 more steps with feature distillation (and, as the control, without it).
 
-    OMP_NUM_THREADS=1 python scripts/claims_parametrizations.py [--lm-steps 300] [--seeds 0 1 2] [--out DIR] [--only a|b]
+    OMP_NUM_THREADS=1 python scripts/claims_parametrizations.py [--lm-steps 300] [--seeds 0 1 2] [--out DIR]
+                                                                [--only a|b]
 
 A rerun with the same --out reuses finished runs and compressions.
 """

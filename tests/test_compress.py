@@ -12,20 +12,23 @@ RUN = ["experiment=baseline/digits_mlp_adamw", "model.hidden=[32,32]", "trainer.
        "trainer.val_check_interval=20"]
 
 
-@pytest.fixture
-def trained(make_cfg, tmp_path):
-    """A short run of the digits MLP with a low-rank parametrization; returns its last checkpoint."""
-    summary = run(make_cfg(*RUN, "parametrization=sltrain", "parametrization.rank=4",
-                           "parametrization.density=0.05"))
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A short run of the digits MLP with a sparse + low-rank parametrization: (last checkpoint, summary)."""
+    from lrlab.train import compose
+
+    run_dir = tmp_path_factory.mktemp("compress") / "run"
+    summary = run(compose([*RUN, "logger=none", "parametrization=sltrain", "parametrization.rank=4",
+                           "parametrization.density=0.05"], run_dir=str(run_dir)))
     assert summary["status"] == "completed"
-    return tmp_path / "run" / "checkpoints" / "last.ckpt", summary
+    return run_dir / "checkpoints" / "last.ckpt", summary
 
 
-def test_compress_to_a_rank_reports_parameters_bytes_and_metrics(cli, trained, tmp_path):
+def test_compress_to_a_rank_reports_parameters_bytes_and_metrics(cli, trained):
     ckpt, summary = trained
     code, out, err = cli("compress", f"ckpt={ckpt}", "rank=3")
     assert code == 0, err
-    folder = tmp_path / "run" / "compressed" / "rank-3"
+    folder = ckpt.parent.parent / "compressed" / "rank-3"
     report = json.loads((folder / "report.json").read_text())
     assert report["before"]["params"] == summary["total_params"]
     assert report["before"]["metrics"]["val/acc"] == pytest.approx(summary["metrics"]["final"]["val/acc"])
@@ -47,10 +50,10 @@ def test_full_energy_keeps_the_function(cli, trained, tmp_path):
     assert report["after"]["metrics"]["val/loss"] == pytest.approx(report["before"]["metrics"]["val/loss"], rel=1e-5)
 
 
-def test_an_existing_result_is_never_overwritten(cli, trained, tmp_path):
+def test_an_existing_result_is_never_overwritten(cli, trained):
     ckpt, _ = trained
     assert cli("compress", f"ckpt={ckpt}", "rank=2")[0] == 0
-    report = tmp_path / "run" / "compressed" / "rank-2" / "report.json"
+    report = ckpt.parent.parent / "compressed" / "rank-2" / "report.json"
     before = report.read_bytes()
     code, _, err = cli("compress", f"ckpt={ckpt}", "rank=2")
     assert code == 2 and err.startswith("error: out=") and err.count("\n") == 1

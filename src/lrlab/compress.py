@@ -37,7 +37,8 @@ def parse(arguments: list[str]) -> dict:
     parsed = {}
     for item in arguments:
         key, sep, value = item.partition("=")
-        require(bool(sep) and key in KEYS, "compress", item, f"arguments are KEY=VALUE with KEY one of {', '.join(KEYS)}")
+        require(bool(sep) and key in KEYS, "compress", item,
+                f"arguments are KEY=VALUE with KEY one of {', '.join(KEYS)}")
         parsed[key] = value
     require("ckpt" in parsed, "ckpt", None, "required: the checkpoint of a trained run (ckpt=PATH)")
     require(("rank" in parsed) != ("energy" in parsed), "rank", parsed.get("rank"),
@@ -126,7 +127,8 @@ def compress(ckpt: str, rank: int | None = None, energy: float | None = None, ou
     targets = (cfg.get("parametrization") or {}).get("target_modules")
     layers = truncate(task.model, rank, energy, None if targets is None else list(targets))
     after = measure(task.model, task, datamodule)
-    report = {"ckpt": str(ckpt_path), "out": str(out_dir), "mode": {"rank": rank} if rank is not None else {"energy": energy},
+    mode = {"rank": rank} if rank is not None else {"energy": energy}
+    report = {"ckpt": str(ckpt_path), "out": str(out_dir), "mode": mode,
               "before": before, "after": after, "layers": layers}
     write(out_dir, report, task.model)
     return report

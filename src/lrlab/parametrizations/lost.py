@@ -53,7 +53,8 @@ class LOST(LowRank):
     def __init__(self, rank: int = 128, channel_fraction: float = 0.03, refactorize_every: int = 0,
                  reset_optimizer: bool = True, rewarm_steps: int = 10, rewarm_start: float = 1e-3,
                  target_modules=None, exclude=DEFAULT_EXCLUDE):
-        super().__init__(rank, float(rank), "svd", refactorize_every,  # α = r: no scale on B·A reset_optimizer, rewarm_steps, rewarm_start,
+        # alpha = rank: no scale on B·A
+        super().__init__(rank, float(rank), "svd", refactorize_every, reset_optimizer, rewarm_steps, rewarm_start,
                          target_modules, exclude)
         require(0 < channel_fraction <= 1, "parametrization.channel_fraction", channel_fraction,
                 "a fraction in (0, 1]")

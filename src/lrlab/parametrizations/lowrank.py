@@ -44,7 +44,8 @@ class LowRank(Parametrization):
                 refactorize_every, "an integer >= 0 (0: never)")
         require(isinstance(rewarm_steps, int) and rewarm_steps >= 0
                 and (refactorize_every == 0 or rewarm_steps <= refactorize_every),
-                "parametrization.rewarm_steps", rewarm_steps, f"an integer in [0, refactorize_every={refactorize_every}]")
+                "parametrization.rewarm_steps", rewarm_steps,
+                f"an integer in [0, refactorize_every={refactorize_every}]")
         require(0 < rewarm_start <= 1, "parametrization.rewarm_start", rewarm_start, "a number in (0, 1]")
         self.rank, self.alpha, self.init = rank, float(alpha), init
         self.refactorize_every, self.reset_optimizer = refactorize_every, bool(reset_optimizer)

@@ -4,8 +4,8 @@ github.com/guoyang9/PELA: `DeiT/low_rank.py`, `DeiT/engine.py`, `DeiT/scripts/*.
 `ALBEF/Pretrain.py`, `ALBEF/models/model_pretrain.py`, read there).
 
 Each targeted layer (m×n) of the trained model becomes B·A with rank r = ⌊m·n / (c·(m+n))⌋
-(c = `compression_ratio`; the DeiT scripts use 2; `rank` sets one r for every layer instead), from the SVD of its weight: B = U_r√Σ_r,
-A = √Σ_r·V_rᵀ. The compressed model is then trained with, on top of the task loss:
+(c = `compression_ratio`; the DeiT scripts use 2; `rank` sets one r for every layer instead), from
+the SVD of its weight: B = U_r√Σ_r, A = √Σ_r·V_rᵀ. The compressed model is then trained with, on top of the task loss:
 - feature distillation: `feature_weight` × the mean over feature modules of MSE(student feature,
   teacher feature), the teacher being the original model (frozen, eval mode) on the same batch;
   features are the outputs of each block (DeiT: each transformer block): here a language model's
@@ -20,8 +20,8 @@ outputs stay dense (`out_features < 10`); the factors carry the original bias.
 The teacher is the model as built, or the trained run named by `init_from` (a checkpoint whose
 `model.*` weights are loaded before factorizing). Its weights are buffers: each compressed layer keeps
 its original matrix (`teacher_weight`), the method keeps every other original parameter (and buffer, e.g.
-batch-norm statistics) keyed by name, so the teacher forward is the same model run with those values (`torch.func.functional_call`)
-and the compressed layers in teacher mode. All of it is checkpointed with the task.
+batch-norm statistics) keyed by name, so the teacher forward is the same model run with those values
+(`torch.func.functional_call`) and the compressed layers in teacher mode. All of it is checkpointed with the task.
 """
 
 import contextlib
@@ -86,8 +86,8 @@ class _TeacherCall(nn.Module):
 
 
 class PELA(Parametrization):
-    def __init__(self, compression_ratio: float = 2.0, rank: int | None = None, feature_weight: float = 1.0, logit_weight: float = 0.0,
-                 perturbation_weight: float = 0.0, perturbation_eps: float = 1e-3, feature_modules=None,
+    def __init__(self, compression_ratio: float = 2.0, rank: int | None = None, feature_weight: float = 1.0,
+                 logit_weight: float = 0.0, perturbation_weight: float = 0.0, perturbation_eps: float = 1e-3, feature_modules=None,
                  init_from: str | None = None, target_modules=None, exclude=DEFAULT_EXCLUDE):
         super().__init__(target_modules, exclude)
         require(compression_ratio > 0, "parametrization.compression_ratio", compression_ratio, "a number > 0")

@@ -7,7 +7,8 @@ default 1) each targeted weight W (a convolution as out × in·kh·kw, the offic
 decomposed, W = UΣVᵀ, and k is the smallest rank whose σ² keep `energy` (0.9) of Σσ²; with `project`
 (official `--trp`) W is replaced by its rank-k truncation U_kΣ_kV_kᵀ. On those same steps the nuclear
 norm's sub-gradient λ·U_kV_kᵀ (λ = `nuclear_weight`, official 3e-4; 0 turns it off) is added to the
-gradient, here as the loss term λ·⟨W, U_kV_kᵀ⟩ (its gradient is exactly λ·U_kV_kᵀ, its value λ·Σ_{i<k}σ_i).
+gradient, here as the loss term λ·⟨W, U_kV_kᵀ⟩ (its gradient is exactly λ·U_kV_kᵀ, its value
+λ·Σ_{i<k}σ_i).
 The ranks k are a buffer of the method (checkpointed), since after a projection W's own spectrum no
 longer tells k. The trained network is then compressed post hoc (`lrlab compress energy=E | rank=R`).
 
