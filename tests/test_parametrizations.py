@@ -343,3 +343,18 @@ def test_settings_that_do_not_fit_are_refused_with_one_line(method):
         method("parametrization", "sltrain", target_modules=["nothing"]).transform_model(tiny_model("mlp"))
     with pytest.raises(ConfigError, match=r"^parametrization\.init_from='/nonexistent.ckpt'"):
         method("parametrization", "pela", init_from="/nonexistent.ckpt").transform_model(tiny_model("mlp"))
+
+
+@pytest.mark.parametrize("make", [lambda base: SpectralLayer(base, rank=3, enhanced_gradient=True),
+                                  lambda base: SparseLowRankLayer(base, rank=3, scale=1.0, density=0.2)],
+                         ids=["sst", "sltrain"])
+def test_custom_backward_runs_under_bf16_autocast(make):
+    """The trainers' bf16-mixed precision: the custom functions' gradients reach fp32 parameters."""
+    torch.manual_seed(0)
+    layer = make(nn.Linear(8, 6))
+    x = torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    out.float().sum().backward()  # outside autocast, as Lightning's precision plugin runs it
+    grads = [p.grad for p in layer.parameters() if p.requires_grad]
+    assert grads and all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)

@@ -11,7 +11,8 @@ kaiming`); `init: svd` starts from the best rank-r fit of the layer's initial we
 optimizer and a `cosine_quick_recovery` scheduler after `merge_and_reinit` — every optimizer moment
 and step count is cleared (`reset_optimizer`), and the lr re-warms over `rewarm_steps` = n steps:
 the j-th step after the reset (j = 0 … n−1) runs at (s + (1−s)·j/(n−1))× its scheduled lr, s =
-`rewarm_start` = 0.001, i.e. 0.001× at the first step after the reset and 1× at step n−1.
+`rewarm_start` = 0.001, i.e. 0.001× at the first step after the reset and 1× at step n−1 (a window
+longer than n_r is cut short by the next reset).
 
 Where this differs from the official code (read in `torchrun_main_DDP.py` and
 `peft_pretraining/training_utils.py`): (1) the released loop refactorizes only its SLTrain model
@@ -42,10 +43,8 @@ class LowRank(Parametrization):
         require(init in INITS, "parametrization.init", init, f"one of {', '.join(INITS)}")
         require(isinstance(refactorize_every, int) and refactorize_every >= 0, "parametrization.refactorize_every",
                 refactorize_every, "an integer >= 0 (0: never)")
-        require(isinstance(rewarm_steps, int) and rewarm_steps >= 0
-                and (refactorize_every == 0 or rewarm_steps <= refactorize_every),
-                "parametrization.rewarm_steps", rewarm_steps,
-                f"an integer in [0, refactorize_every={refactorize_every}]")
+        require(isinstance(rewarm_steps, int) and rewarm_steps >= 0, "parametrization.rewarm_steps", rewarm_steps,
+                "an integer >= 0")
         require(0 < rewarm_start <= 1, "parametrization.rewarm_start", rewarm_start, "a number in (0, 1]")
         self.rank, self.alpha, self.init = rank, float(alpha), init
         self.refactorize_every, self.reset_optimizer = refactorize_every, bool(reset_optimizer)

@@ -41,6 +41,7 @@ class EnhancedSpectral(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         u, sigma, v = ctx.saved_tensors
+        grad = grad.to(u.dtype)  # under autocast the forward's product (and so its gradient) is low precision
         grad_v_side = grad @ v
         return grad_v_side, (u * grad_v_side).sum(0), grad.T @ u
 
