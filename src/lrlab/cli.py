@@ -1,4 +1,4 @@
-"""`lrlab train|ls|show|validate|data|report` — a thin dispatch over Hydra.
+"""`lrlab train|ls|show|validate|data|report|compress` — a thin dispatch over Hydra.
 
 Every command composes the same `conf/train.yaml`. Bad input (unknown option, wrong type,
 missing data, unreadable checkpoint, ...) prints one line `error: KEY=VALUE: what is allowed`
@@ -253,6 +253,12 @@ def cmd_report(args) -> None:
     print(markdown(runs, by_seed=not args.per_run))
 
 
+def cmd_compress(args) -> None:
+    from lrlab.compress import main as compress
+
+    guarded(compress, list(args.arguments))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lrlab", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -280,11 +286,13 @@ def parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="one markdown table from the summary.json files under PATHs")
     report.add_argument("paths", nargs="+")
     report.add_argument("--per-run", action="store_true", help="one row per run (default: mean ± std over seeds)")
+    compress = sub.add_parser("compress", help="truncate a trained run by SVD: ckpt=PATH rank=R | energy=E [out=DIR]")
+    compress.add_argument("arguments", nargs="*", help="KEY=VALUE: ckpt, rank or energy, out")
     return p
 
 
 COMMANDS = {"report": cmd_report, "train": cmd_train, "ls": cmd_ls, "show": cmd_show, "validate": cmd_validate,
-            "smoke": cmd_smoke, "data": cmd_data}
+            "smoke": cmd_smoke, "compress": cmd_compress, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> None:
