@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -112,13 +113,62 @@ def test_non_finite_loss_fails_with_step(make_cfg, tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 
 
+def _csv_values(run_dir: Path, key: str) -> list[tuple[int, float]]:
+    with open(run_dir / "csv" / "metrics.csv") as rows:
+        return [(int(r["step"]), float(r[key])) for r in csv.DictReader(rows) if r.get(key)]
+
+
+def _tensorboard_values(run_dir: Path, key: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(key)]
+
+
+def _wandb_values(run_dir: Path, key: str) -> list[float]:
+    """The values of `key` in the offline run file of the run id kept in `wandb_id`. Each history
+    item is a protobuf message: the key, then field 16 (tag bytes 0x82 0x01), the length of its
+    JSON value, the value. A record is written once as partial and once as full history."""
+    run_id = (run_dir / "wandb_id").read_text().strip()
+    (record_file,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    data = record_file.read_bytes()
+    values = []
+    for found in re.finditer(re.escape(key.encode()) + rb"\x82\x01", data):
+        length = data[found.end()]
+        values.append(float(data[found.end() + 1:found.end() + 1 + length]))
+    return values
+
+
+LOGGER_DIRS = {"csv", "tensorboard", "wandb"}  # each logger writes under <run dir>/<its name>
+
+
 @pytest.mark.parametrize("group", ["tensorboard", "wandb", "csv"])
 def test_loggers(make_cfg, tmp_path, group, monkeypatch):
+    """6 steps, validation after steps 3 and 6: the chosen logger (and no other) holds train/loss of
+    every step and val/acc of both validations, the last one and the best one those of the summary."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     summary = run(make_cfg(DIGITS, "debug=smoke", logger=group))
-    assert summary["status"] == "completed"
-    assert any(p.is_file() for p in (tmp_path / "run").rglob("*") if group in str(p) or "wandb" in str(p))
+    run_dir = tmp_path / "run"
+    assert {p.name for p in run_dir.iterdir()} & LOGGER_DIRS == {group}
+    final, best = summary["metrics"]["final"]["val/acc"], summary["metrics"]["best"]["val/acc"]
+    if group == "wandb":
+        accs = _wandb_values(run_dir, "val/acc")
+        assert len(accs) == 4 and accs[0::2] == accs[1::2]  # two validations, each partial + full
+        assert len(_wandb_values(run_dir, "train/loss")) == 12
+        accs = accs[0::2]
+    else:
+        values = _csv_values if group == "csv" else _tensorboard_values
+        assert [step for step, _ in values(run_dir, "train/loss")] == list(range(6))
+        steps, accs = zip(*values(run_dir, "val/acc"))
+        assert list(steps) == [2, 5]
+    assert accs[-1] == pytest.approx(final, abs=1e-7) and max(accs) == pytest.approx(best, abs=1e-7)
+
+
+def test_no_logger_writes_no_log(make_cfg, tmp_path):
+    run(make_cfg(DIGITS, "debug=smoke", logger="none"))
+    assert not {p.name for p in (tmp_path / "run").iterdir()} & LOGGER_DIRS
 
 
 @pytest.mark.parametrize("base", [[DIGITS], TINY_LM, ["experiment=baseline/digits_mlp_adamw", "model=cnn"]],
