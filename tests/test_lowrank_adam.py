@@ -95,6 +95,40 @@ def test_full_side_projects_both():
     assert projector.project(grad, left, right).shape == (3, 3)
 
 
+# m = n: `std` projects from the right (galore-torch: m ≥ n), `reverse_std` from the left.
+SQUARE_SIDE = {"std": "right", "reverse_std": "left", "left": "left", "right": "right", "full": "full"}
+
+
+@pytest.mark.parametrize("proj_type", SQUARE_SIDE)
+def test_square_weight_on_every_side(proj_type):
+    """A square 8×8 weight, rank 3, one step from zero: with G = U·S·Vh (an SVD computed here),
+    P = U[:, :3], Q = Vh[:3], R = Pᵀ·G, G·Qᵀ or Pᵀ·G·Qᵀ by side, and the first Adam step moves W by
+    −lr·back(R/(|R| + ε/√(1−β2))). The state holds the side's basis and the analytic byte count.
+    ε = 0.01: on the `full` side R = Pᵀ·G·Qᵀ is diag(S) plus float round-off (~1e-7) off the
+    diagonal, which a tiny ε would normalise to noise of O(1e-2)."""
+    assert set(SQUARE_SIDE) == set(projector.SIDES)
+    side, lr, eps = SQUARE_SIDE[proj_type], 0.1, 1e-2
+    p = nn.Parameter(torch.zeros(8, 8))
+    opt = lowrank_adam.LowRankAdamW([{"params": [p], "rank": 3, "update_proj_gap": 5, "proj_type": proj_type}],
+                                    lr=lr, eps=eps)
+    p.grad = torch.randn(8, 8, generator=torch.Generator().manual_seed(4))
+    opt.step()
+    u, _, vh = torch.linalg.svd(p.grad)
+    left = u[:, :3] if side in ("left", "full") else None
+    right = vh[:3] if side in ("right", "full") else None
+    low = p.grad if left is None else left.T @ p.grad
+    low = low if right is None else low @ right.T
+    normalised = low / (low.abs() + eps / math.sqrt(1 - 0.999))
+    back = normalised if left is None else left @ normalised
+    back = back if right is None else back @ right
+    state = opt.state[p]
+    assert {k for k in projector.STATE_KEYS if k in state} == {f"proj_{s}" for s in ("left", "right")
+                                                               if side in (s, "full")}
+    assert state["exp_avg"].shape == low.shape
+    assert torch.allclose(p.detach(), -lr * back, atol=1e-6)
+    assert state_bytes(opt)[0] == projector.state_bytes_formula(p.shape, 3, proj_type, "svd")
+
+
 class TwoLayer(nn.Module):
     def __init__(self, dtype=torch.float32):
         super().__init__()
