@@ -44,6 +44,17 @@ SPLITS = {
 }
 
 
+def _other_metrics(summary: dict) -> dict:
+    return {k: v for k, v in summary["metrics"]["other"].items() if k != "step_ms"}
+
+
+def _measured_steps(segments: list[int], warmup: int = 5) -> int:
+    """Steps the throughput covers: each process leaves out its first `warmup` steps, unless no
+    process has a later one (then every step counts)."""
+    warm = sum(max(0, steps - warmup) for steps in segments)
+    return warm or sum(segments)
+
+
 @pytest.mark.parametrize("case", list(SPLITS))
 def test_extending_a_finished_run_continues_it_exactly(make_cfg, tmp_path, case):
     base, n, placing = SPLITS[case]
@@ -54,6 +65,14 @@ def test_extending_a_finished_run_continues_it_exactly(make_cfg, tmp_path, case)
     extended = run(make_cfg(*common, f"trainer.max_steps={2 * n}", "resume=auto", run="split"))
     assert extended["status"] == "completed" and extended["steps"] == 2 * n
     assert extended["metrics"]["final"] == straight["metrics"]["final"]
+    assert extended["metrics"]["best"] == straight["metrics"]["best"]
+    assert _other_metrics(extended) == _other_metrics(straight)
+    for key in ("steps", "optimizer_state_bytes", "optimizer_state_bytes_by_group", "trainable_params",
+                "total_params", "seed", "config_hash"):
+        assert extended[key] == straight[key], key
+    assert straight["throughput"]["measured_steps"] == _measured_steps([2 * n])
+    assert extended["throughput"]["measured_steps"] == _measured_steps([n, n])
+    assert extended["wall_seconds"] > first["wall_seconds"]  # both segments' time
     assert _same_params(tmp_path / "straight" / "checkpoints" / "last.ckpt",
                         tmp_path / "split" / "checkpoints" / "last.ckpt")
 
