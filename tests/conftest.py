@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("CI", "true")  # no progress bars in test output
 
@@ -41,6 +42,18 @@ def wordnet():
     from lrlab.data.fetch import fetch
 
     return fetch("wordnet")
+
+
+class TwoLayer(torch.nn.Module):
+    """An embedding, an attention-named and an MLP-named Linear (what the low-rank optimizers project)
+    and a norm: the smallest model that has every kind of parameter group."""
+
+    def __init__(self, dtype=torch.float32):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 16)
+        self.attn = torch.nn.Linear(16, 24, dtype=dtype)
+        self.mlp = torch.nn.Linear(24, 16, dtype=dtype)
+        self.norm = torch.nn.LayerNorm(16)
 
 
 TARGETS = ["body.1", "body.3"]  # the tiny MLP's Linear(16, 32) and Linear(32, 32)

@@ -49,6 +49,7 @@ def test_eva_ranks_redistributed_at_fit_start_are_all_in_the_optimizer(make_cfg)
     # conv LoRA r=4: A is a 3x3 conv to 4 channels, B a 1x1 conv back; + head Linear(64, 5)
     ("lora/digits_pretrained_cnn_lora", (4 * 1 * 9 + 32 * 4) + (4 * 32 * 9 + 64 * 4) + 64 * 5 + 5),
 ])
+@pytest.mark.slow
 def test_pretrained_miniature_fine_tunes_on_new_classes(make_cfg, preset, expected):
     summary = run(make_cfg(f"experiment={preset}", "debug=smoke"))
     assert summary["status"] == "completed"

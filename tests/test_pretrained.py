@@ -33,6 +33,7 @@ def test_digit_subset_and_its_class_count_in_the_config():
         Digits(classes=[8, 10])
 
 
+@pytest.mark.slow
 def test_first_build_pretrains_and_caches_later_builds_load(tmp_path, monkeypatch):
     monkeypatch.setenv("LRLAB_CACHE", str(tmp_path))
     torch.manual_seed(7)
