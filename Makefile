@@ -5,10 +5,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
+MUTMUT ?= mutmut==3.8.1
+JOBS   ?= 2
+MUTANTS ?=
 STAMP   = $(VENV)/.installed
 SOURCES = pyproject.toml $(shell find src conf -type f -not -name '*.pyc' 2>/dev/null)
 
-.PHONY: install dev test test-fast smoke train bench clean
+.PHONY: install dev test test-fast smoke train bench mutation clean
 
 install: $(STAMP)
 
@@ -40,5 +43,10 @@ bench: install
 	$(BIN)/python scripts/bench_runner.py
 	$(BIN)/python scripts/bench_optimizers.py
 
+mutation: dev  ## mutation testing (config: [tool.mutmut] in pyproject.toml); MUTANTS='lrlab.optim.*' narrows it
+	$(BIN)/python -m pip install -q $(MUTMUT)
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(JOBS) $(MUTANTS)
+	$(BIN)/python scripts/mutation_report.py
+
 clean:
-	rm -rf $(VENV) outputs build dist
+	rm -rf $(VENV) outputs build dist mutants
