@@ -260,21 +260,22 @@ def test_rewarm_goes_from_one_thousandth_to_one_at_step_n_minus_1(k, expected):
     assert lowrank_adam._rewarm({"step": 200 + k, "rewarm_from": 200}, group) == pytest.approx(expected, abs=1e-12)
 
 
-@pytest.mark.parametrize("basis", ["svd", "dct"])
+@pytest.mark.parametrize("basis, variant", [("svd", "matmul"), ("dct", "matmul"), ("dct", "makhoul")],
+                         ids=["svd", "dct", "dct_makhoul"])
 @pytest.mark.parametrize("shape", [(12, 20), (20, 12), (12, 12)], ids=["m<n", "m>n", "m=n"])
 @pytest.mark.parametrize("on_refresh", ["rotate", "rotate_abs"])
-def test_rotate_maps_moments_into_new_basis(shape, on_refresh, basis):
+def test_rotate_maps_moments_into_new_basis(shape, on_refresh, basis, variant):
     """At a refresh the old moments are carried into the new subspace through the full space:
     m_old lives in span(Pₒ) as Pₒ·m_old, whose coordinates in the new basis are Pₙᵀ·(Pₒ·m_old).
     Then one Adam step of the new R is added: m = β1·m_rot + (1−β1)·R.
     `rotate`: v_rot = (Pₙᵀ·Pₒ)∘(Pₙᵀ·Pₒ) · v_old;  `rotate_abs` (official DCT code): |Pₙᵀ·Pₒ·v_old|."""
     p = nn.Parameter(torch.randn(*shape))
     opt = lowrank_adam.LowRankAdamW([{"params": [p], "rank": 3, "update_proj_gap": 2, "on_refresh": on_refresh,
-                                      "basis": basis}])
+                                      "basis": basis, "dct_variant": variant}])
     gen = torch.Generator().manual_seed(3)
 
     def basis_columns():  # m×r or n×r, orthonormal columns
-        left, right = projector.matrices(opt.state[p], p.shape)
+        left, right = projector.matrices(opt.state[p], p.shape, variant)
         return (left if left is not None else right.T).clone(), left is not None
 
     for _ in range(2):
@@ -298,6 +299,14 @@ def test_rotate_maps_moments_into_new_basis(shape, on_refresh, basis):
     assert torch.allclose(state["exp_avg"], 0.9 * m_rot + 0.1 * low, atol=1e-5)
     assert torch.allclose(state["exp_avg_sq"], 0.999 * v_rot + 0.001 * low * low, atol=1e-5)
     assert state["adam_step"] == 3
+
+
+def test_bf16_steps_in_chunks_of_at_most_the_budget():
+    """fp32 copies of bf16 weights are made a chunk at a time: consecutive runs that stay within the
+    budget (a tensor larger than it forms a chunk of its own)."""
+    items = [(torch.zeros(n),) for n in (3, 3, 3, 9, 1)]
+    chunks = lowrank_adam._chunks(items, budget=7)
+    assert [[item[0].numel() for item in chunk] for chunk in chunks] == [[3, 3], [3], [9], [1]]
 
 
 @pytest.mark.parametrize("eps_form, denominator", [("galore", lambda g, eps: g.abs() + eps / math.sqrt(0.001)),
