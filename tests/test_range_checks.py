@@ -63,7 +63,8 @@ BUILT_BY = {
 }
 # Keys of validation.py's table that only some presets hold.
 VALIDATED_ON = {"optimizer.momentum": BUILT_BY["optim/sgd.py"], "data.seq_len": LLAMA}
-# Checks whose key is computed at run time: (file, line of the `require`) -> the keys it checks.
+# Checks whose key is computed at run time: (file, site) -> the keys it checks; the site is the
+# names the enclosing loop runs over, or else the enclosing function.
 DYNAMIC_KEYS = {
     ("adapters/ba_lora.py", "lambda1 lambda2 lambda3"): ["adapter.lambda1", "adapter.lambda2", "adapter.lambda3"],
     ("adapters/base.py", "check_rank"): ["adapter.r"],
@@ -73,7 +74,7 @@ DYNAMIC_KEYS = {
     ("models/llama.py", "check_sizes"): ["model.hidden_size", "model.intermediate_size", "model.num_hidden_layers",
                                          "model.num_attention_heads", "model.vocab_size"],
 }
-# Range checks reached by no config of `lrlab train` (why, in a word).
+# Files whose range checks no config of `lrlab train` reaches, and where they are tested.
 NOT_CONFIG = {"compress.py": "arguments of `lrlab compress`, not of a run (tests/test_compress.py)"}
 
 
