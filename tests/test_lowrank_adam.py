@@ -2,13 +2,14 @@
 
 import io
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
 from lrlab.errors import ConfigError
-from lrlab.optim import adamw, frugal, lowrank_adam, projector
+from lrlab.optim import adamw, frugal, lowrank_adam, projector, sgd
 from lrlab.optim.routing import state_bytes
 from conftest import TwoLayer
 
@@ -399,8 +400,19 @@ def test_frugal_state_is_the_active_blocks_moments_only():
     ({"rewarm_start": 0.0}, "optimizer.rewarm_start"),
 ])
 def test_bad_input_names_the_key(kwargs, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+    (value,) = kwargs.values()
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{key}={value!r}: ")):
         lowrank_adam.build(TwoLayer(), **{"rank": 4, **kwargs})
+
+
+def test_sgd_takes_its_settings_and_decays_matrices_only():
+    groups = sgd.build(TwoLayer(), lr=0.5, momentum=0.3, nesterov=True, weight_decay=0.01).param_groups
+    assert [(g["lr"], g["momentum"], g["nesterov"], g["weight_decay"], len(g["params"])) for g in groups] == [
+        (0.5, 0.3, True, 0.01, 3), (0.5, 0.3, True, 0.0, 4)]
+
+
+def test_rank_one_is_allowed():
+    assert lowrank_adam.build(TwoLayer(), rank=1).param_groups[0]["rank"] == 1
 
 
 @pytest.mark.parametrize("kwargs, key", [
@@ -410,7 +422,8 @@ def test_bad_input_names_the_key(kwargs, key):
     ({"eps_form": "adam"}, "optimizer.eps_form"), ({"target_modules": ["nothing"]}, "optimizer.target_modules"),
 ])
 def test_frugal_bad_input_names_the_key(kwargs, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+    (value,) = kwargs.values()
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{key}={value!r}: ")):
         frugal.build(TwoLayer(), **kwargs)
 
 

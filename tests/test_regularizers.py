@@ -99,12 +99,18 @@ def test_nested_dropout_mask_distribution():
     nd = NestedDropout(sigma=10.0, per_sample=True)
     p = nd.distribution(64)
     expected = torch.exp(-(torch.arange(1, 65, dtype=torch.float64) / 10) ** 2)
-    assert torch.allclose(p.double(), expected / expected.sum(), atol=1e-7)
+    assert torch.equal(p, (expected / expected.sum()).float())  # formed in float64, rounded once
     torch.manual_seed(0)
     out = nd.transform_features(torch.ones(4000, 64))
     kept = out.sum(1)
     assert (out == torch.arange(64)[None, :].lt(kept[:, None]).float()).all()  # prefixes only
     assert kept.mean().item() == pytest.approx((p * torch.arange(1, 65)).sum().item(), rel=0.05)
+
+
+def test_nested_dropout_shares_one_mask_unless_per_sample():
+    torch.manual_seed(0)
+    shared = NestedDropout(sigma=10.0).transform_features(torch.ones(50, 64))
+    assert (shared == shared[0]).all() and 0 < shared[0].sum() < 64
 
 
 def test_truncation_sweep_by_hand():
