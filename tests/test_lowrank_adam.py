@@ -411,6 +411,13 @@ def test_sgd_takes_its_settings_and_decays_matrices_only():
         (0.5, 0.3, True, 0.01, 3), (0.5, 0.3, True, 0.0, 4)]
 
 
+@pytest.mark.parametrize("kwargs, line", [({"lr": 0}, "optimizer.lr=0: must be > 0"),
+                                          ({"momentum": 1.0}, "optimizer.momentum=1.0: must be in [0, 1)")])
+def test_sgd_bad_input_is_one_line(kwargs, line):
+    with pytest.raises(ConfigError, match="^" + re.escape(line) + "$"):
+        sgd.build(TwoLayer(), **kwargs)
+
+
 def test_rank_one_is_allowed():
     assert lowrank_adam.build(TwoLayer(), rank=1).param_groups[0]["rank"] == 1
 

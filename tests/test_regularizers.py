@@ -113,6 +113,17 @@ def test_nested_dropout_shares_one_mask_unless_per_sample():
     assert (shared == shared[0]).all() and 0 < shared[0].sum() < 64
 
 
+def test_truncation_sweep_needs_a_head(make_task):
+    import lightning as L
+
+    from lrlab.errors import ConfigError
+    from lrlab.regularizers.nested_dropout import TruncationSweep
+
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match=r"^callbacks\.truncation_sweep='Linear': a classifier with a `head` module$"):
+        TruncationSweep().on_validation_epoch_end(trainer, make_task(torch.nn.Linear(4, 2)))
+
+
 def test_truncation_sweep_by_hand():
     head = torch.nn.Linear(3, 2, bias=False)
     with torch.no_grad():
