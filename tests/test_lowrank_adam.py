@@ -418,6 +418,39 @@ def test_sgd_bad_input_is_one_line(kwargs, line):
         sgd.build(TwoLayer(), **kwargs)
 
 
+def test_build_passes_every_setting_to_the_groups():
+    settings = {"rank": 3, "update_proj_gap": 7, "scale": 0.5, "proj_type": "left", "basis": "dct", "residual": "fira",
+                "on_refresh": "rotate", "residual_lr_scale": 0.2, "seed": 5, "power_iters": 3, "dct_variant": "makhoul",
+                "rewarm_steps": 4, "rewarm_start": 0.01}
+    opt = lowrank_adam.build(TwoLayer(), lr=0.02, betas=(0.8, 0.9), eps=1e-3, weight_decay=0.1, eps_form="torch",
+                             **settings)
+    projected = opt.param_groups[0]
+    assert {k: projected[k] for k in settings} == settings
+    assert all((g["lr"], g["betas"], g["eps"], g["eps_form"]) == (0.02, (0.8, 0.9), 1e-3, "torch")
+               for g in opt.param_groups)
+
+
+def test_the_optimizer_default_is_galore_eps_on_dense_groups_too():
+    """LowRankAdamW without eps_form: ε is added to √v before bias correction, on an unprojected
+    tensor too: the first step is lr·g/(|g| + ε/√(1−β2))."""
+    eps, lr = 0.05, 0.1
+    dense = nn.Parameter(torch.zeros(6))
+    opt = lowrank_adam.LowRankAdamW([{"params": [dense]}], lr=lr, eps=eps)
+    dense.grad = torch.randn(6)
+    opt.step()
+    assert torch.allclose(dense.detach(), -lr * dense.grad / (dense.grad.abs() + eps / math.sqrt(0.001)), atol=1e-6)
+
+
+def test_reset_all_counts_the_dense_steps_one_by_one():
+    """T = 4: no reset before the step at index 4, so after 3 steps every tensor has taken 3 Adam steps."""
+    model = TwoLayer()
+    opt = lowrank_adam.build(model, rank=4, update_proj_gap=4, on_refresh="reset_all")
+    train(opt, model, 3)
+    assert {opt.state[p]["adam_step"] for p in model.parameters()} == {3}
+    train(opt, model, 2)
+    assert {opt.state[p]["adam_step"] for p in model.parameters()} == {1}
+
+
 def test_rank_one_is_allowed():
     assert lowrank_adam.build(TwoLayer(), rank=1).param_groups[0]["rank"] == 1
 

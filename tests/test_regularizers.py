@@ -40,6 +40,18 @@ def test_elr_clamps_probabilities():
     assert elr.targets[0, 1] == pytest.approx(0.3 * 1e-4 / (1.0), rel=1e-3)
 
 
+def test_elr_targets_are_each_rows_clamped_probabilities_normalised():
+    """Three classes, two rows. Row 0 saturates: p = (1−1e-4, 1e-4, 1e-4) after the clamp, which sums
+    to 1 + 1e-4, so t = 0.3·p/Σp differs from 0.3·p; row 1 is softmax (1/8, 2/8, 5/8)."""
+    elr = ELR(weight=1.0, beta=0.7)
+    elr.bind_data(num_samples=2, num_classes=3)
+    logits = torch.tensor([[100.0, -100.0, -100.0], [0.0, math.log(2.0), math.log(5.0)]])
+    elr.loss_term(None, {"logits": logits}, batch([0, 1], [0, 1]))
+    saturated = torch.tensor([1 - 1e-4, 1e-4, 1e-4], dtype=torch.float64)
+    expected = 0.3 * torch.stack([saturated / saturated.sum(), torch.tensor([1 / 8, 2 / 8, 5 / 8], dtype=torch.float64)])
+    assert torch.allclose(elr.targets.double(), expected, rtol=1e-6, atol=0)
+
+
 def test_pskd_alpha_schedule_and_targets():
     pskd = PSKD(alpha_T=0.8, epochs=4)
     pskd.bind_data(2, 3)
@@ -158,6 +170,26 @@ def test_nuclear_term_and_gradient_is_uv():
     term.backward()
     assert torch.allclose(layer.weight.grad, 0.5 * u @ vh, atol=1e-5)
     assert NuclearNorm(every=2).loss_term(SimpleNamespace(model=layer, global_step=1), {}, {}) is None
+
+
+def test_nuclear_norm_of_a_convolution_is_that_of_its_out_by_in_k_k_matrix():
+    conv = torch.nn.Conv2d(3, 4, kernel_size=2)
+    term = NuclearNorm(weight=1.0).loss_term(SimpleNamespace(model=conv, global_step=0), {}, {})
+    expected = torch.linalg.svdvals(conv.weight.detach().reshape(4, 12)).sum()
+    assert term.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_orthograd_build_passes_its_settings_and_names_bad_input():
+    from lrlab.errors import ConfigError
+    from lrlab.optim import orthograd
+
+    model = torch.nn.Linear(4, 2)
+    opt = orthograd.build(model, base="sgd", lr=0.3, momentum=0.5)
+    assert isinstance(opt.base, torch.optim.SGD) and {(g["lr"], g["momentum"]) for g in opt.param_groups} == {(0.3, 0.5)}
+    with pytest.raises(ConfigError, match=r"^optimizer\.base='lion': one of adamw, sgd$"):
+        orthograd.build(model, base="lion")
+    with pytest.raises(ConfigError, match=r"^optimizer\.lr=0: must be > 0$"):
+        orthograd.build(model, lr=0)
 
 
 def test_orthograd_is_orthogonal_and_keeps_the_norm():
