@@ -451,6 +451,14 @@ def test_reset_all_counts_the_dense_steps_one_by_one():
     assert {opt.state[p]["adam_step"] for p in model.parameters()} == {1}
 
 
+@pytest.mark.parametrize("kwargs, line", [({"lr": 0}, "optimizer.lr=0: must be > 0"),
+                                          ({"weight_decay": -1}, "optimizer.weight_decay=-1: must be >= 0"),
+                                          ({"matrix_lr_scale": 0}, "optimizer.matrix_lr_scale=0: must be > 0")])
+def test_adamw_bad_input_is_one_line(kwargs, line):
+    with pytest.raises(ConfigError, match="^" + re.escape(line) + "$"):
+        adamw.build(TwoLayer(), **kwargs)
+
+
 def test_rank_one_is_allowed():
     assert lowrank_adam.build(TwoLayer(), rank=1).param_groups[0]["rank"] == 1
 

@@ -2,6 +2,7 @@
 
 import io
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -50,6 +51,17 @@ def test_elr_targets_are_each_rows_clamped_probabilities_normalised():
     saturated = torch.tensor([1 - 1e-4, 1e-4, 1e-4], dtype=torch.float64)
     expected = 0.3 * torch.stack([saturated / saturated.sum(), torch.tensor([1 / 8, 2 / 8, 5 / 8], dtype=torch.float64)])
     assert torch.allclose(elr.targets.double(), expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("build, line", [
+    (lambda: ELR(beta=1.0), "regularizer.elr.beta=1.0: must be in [0, 1)"),
+    (lambda: ELR().bind_data(0, 3), "regularizer='elr': needs a classification dataset with a known size"),
+])
+def test_elr_bad_input_is_one_line(build, line):
+    from lrlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="^" + re.escape(line) + "$"):
+        build()
 
 
 def test_pskd_alpha_schedule_and_targets():

@@ -1,6 +1,8 @@
 """The lr schedule (`optim/schedule.py`): multiplier of the base lr at the first step, the end of
 warm-up and the last step, for each kind; 100 steps, 10% warm-up (10 steps), floor 0.1."""
 
+import re
+
 import pytest
 import torch
 
@@ -38,3 +40,22 @@ def test_schedule_values(kind):
 @pytest.mark.parametrize("kind", list(EXPECTED))
 def test_no_warmup_starts_at_the_full_lr(kind):
     assert lrs(kind, warmup_ratio=0.0)[0] == 1.0
+
+
+def test_the_default_kind_is_cosine():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    multiplier = schedule.build(opt, 100).lr_lambdas[0]
+    assert (multiplier.kind, multiplier.warmup, multiplier.floor) == ("cosine", 10, 0.1)
+
+
+@pytest.mark.parametrize("kwargs, line", [
+    ({"kind": "step"}, "scheduler.kind='step': one of cosine, linear, constant"),
+    ({"warmup_ratio": 1.0}, "scheduler.warmup_ratio=1.0: must be in [0, 1)"),
+    ({"min_lr_ratio": -0.5}, "scheduler.min_lr_ratio=-0.5: must be in [0, 1]"),
+])
+def test_bad_input_is_one_line(kwargs, line):
+    from lrlab.errors import ConfigError
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ConfigError, match="^" + re.escape(line) + "$"):
+        schedule.build(opt, 100, **kwargs)
