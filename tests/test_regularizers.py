@@ -56,8 +56,10 @@ def test_elr_targets_are_each_rows_clamped_probabilities_normalised():
 @pytest.mark.parametrize("build, line", [
     (lambda: ELR(beta=1.0), "regularizer.elr.beta=1.0: must be in [0, 1)"),
     (lambda: ELR().bind_data(0, 3), "regularizer='elr': needs a classification dataset with a known size"),
+    (lambda: NuclearNorm(every=0), "regularizer.nuclear.every=0: must be an integer >= 1"),
+    (lambda: NestedDropout(sigma=0), "regularizer.nested_dropout.sigma=0: must be > 0"),
 ])
-def test_elr_bad_input_is_one_line(build, line):
+def test_regularizer_bad_input_is_one_line(build, line):
     from lrlab.errors import ConfigError
 
     with pytest.raises(ConfigError, match="^" + re.escape(line) + "$"):
