@@ -459,6 +459,12 @@ def test_adamw_bad_input_is_one_line(kwargs, line):
         adamw.build(TwoLayer(), **kwargs)
 
 
+def test_unmatched_target_modules_is_one_line():
+    with pytest.raises(ConfigError, match="^" + re.escape(
+            "optimizer.target_modules=['nothing']: match no 2-D linear weight of this model") + "$"):
+        lowrank_adam.build(TwoLayer(), rank=4, target_modules=["nothing"])
+
+
 def test_rank_one_is_allowed():
     assert lowrank_adam.build(TwoLayer(), rank=1).param_groups[0]["rank"] == 1
 

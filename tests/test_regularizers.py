@@ -34,6 +34,12 @@ def test_elr_target_update_and_term_by_hand():
     assert torch.allclose(elr.targets[2], 0.7 * target + 0.3 * torch.tensor([0.25, 0.75]))
 
 
+def test_elr_binds_to_any_known_dataset_size():
+    elr = ELR()
+    elr.bind_data(num_samples=3, num_classes=1)
+    assert elr.targets.shape == (3, 1)
+
+
 def test_elr_clamps_probabilities():
     elr = ELR()
     elr.bind_data(1, 2)
