@@ -18,11 +18,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from lrlab import conf_dir, resolvers  # noqa: F401  (registers ${mul:...})
+from lrlab import parallel, resolvers  # noqa: F401  (registers ${mul:...}, ${stamp:...})
 from lrlab import resume as resuming
 from lrlab import rundir
 from lrlab.build import build_parts, check_single_choices
@@ -32,22 +30,23 @@ from lrlab.callbacks.interrupt import GracefulInterrupt
 from lrlab.callbacks.memory import PeakMemory
 from lrlab.callbacks.rng import RNGState
 from lrlab.callbacks.resume import ApplyResumeChanges
-from lrlab.callbacks.summary import RunSummary
+from lrlab.callbacks.summary import RunStopped, RunSummary
 from lrlab.callbacks.throughput import Throughput
 from lrlab.errors import ConfigError, require
+from lrlab.hydra_app import Source
 from lrlab.instantiate import instantiate_node
 from lrlab.tasks.base import NonFiniteLossError
 from lrlab.validation import check_config, check_structure
 
-RUN_KEYS = ("paths", "run_name", "resume", "ckpt_path", "hydra", "logger", "callbacks")
+RUN_KEYS = ("paths", "run_name", "resume", "ckpt_path", "hydra", "logger", "callbacks", "threads", "objective", "sweep")
 
 
-def compose(overrides: list[str] | tuple = (), run_dir: str | None = None) -> DictConfig:
-    """The composed config, as `lrlab train` would build it; `run_dir` fixes `paths.run_dir`."""
+def compose(overrides: list[str] | tuple = (), run_dir: str | None = None, source: Source | None = None) -> DictConfig:
+    """The composed config, as `lrlab train` would build it from `source` (default: lrlab's
+    configs); `run_dir` fixes `paths.run_dir`."""
     check_single_choices(overrides)
     extra = [f"paths.run_dir={run_dir}"] if run_dir else []
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return hydra_compose("train", overrides=[*overrides, *extra])
+    return (source or Source()).compose([*overrides, *extra])
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -238,10 +237,13 @@ def prepare(cfg: DictConfig, run_dir: Path, chosen_by: str = "run_name") -> Prep
 
 
 # --- the run --------------------------------------------------------------------------------
-def run(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> dict | None:
+def run(cfg: DictConfig, hydra_cfg: DictConfig | None = None, callbacks: list | tuple = ()) -> dict | None:
     """Train one configuration and return its summary (also written to `summary.json`).
-    `hydra_cfg` (from the CLI) is recorded in `.hydra/` once the run is accepted."""
+    `hydra_cfg` (from the CLI) is recorded in `.hydra/` once the run is accepted; `callbacks`
+    join the trainer's (a sweep's pruning)."""
     run_dir = Path(str(cfg.paths.run_dir))
+    if cfg.get("threads"):
+        parallel.use_threads(int(cfg.threads))
     owner = not launched_rank()
     fresh_dir = not run_dir.exists() or not any(run_dir.iterdir())
     lock = rundir.RunLock(run_dir)
@@ -262,7 +264,7 @@ def run(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> dict | None:
                     "run_name", cfg.run_name, f"{run_dir} already holds a run: pass resume=auto or a new run_name")
             rundir.remove_partials(run_dir)
             rundir.write_records(run_dir, cfg, start.record() if start.ckpt else None, hydra_cfg)
-        return fit(cfg, run_dir, ready.datamodule, ready.task, start)
+        return fit(cfg, run_dir, ready.datamodule, ready.task, start, callbacks)
     except ConfigError:
         if fresh_dir and owner and (lock.held or not (run_dir.exists() and any(run_dir.iterdir()))):
             lock.release()  # a dir this start created, and no other run uses: leave nothing behind
@@ -281,21 +283,21 @@ def resume_changes(cfg: DictConfig, start: resuming.Start) -> ApplyResumeChanges
     return ApplyResumeChanges(lr[1] / lr[0] if lr else 1.0, scheduler, int(cfg.trainer.max_steps))
 
 
-def fit(cfg: DictConfig, run_dir: Path, datamodule, task, start: resuming.Start) -> dict | None:
+def fit(cfg: DictConfig, run_dir: Path, datamodule, task, start: resuming.Start, callbacks=()) -> dict | None:
     info = {"seed": int(cfg.seed), "config_hash": config_hash(cfg), "git_sha": git_sha()}
     throughput, memory = Throughput(), PeakMemory()
     interrupt = GracefulInterrupt(str(run_dir / "checkpoints"))
     summary = RunSummary(str(run_dir), info, throughput, memory, interrupt)
     changes = resume_changes(cfg, start)
     own = [CheckpointGuard(resuming.plain(cfg)), throughput, memory, interrupt, summary, RNGState(),
-           *([changes] if changes else [])]
+           *([changes] if changes else []), *callbacks]
     trainer = build_trainer(cfg, run_dir, own, start.step)
     error = None
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=start.ckpt, weights_only=True)
     except (NonFiniteLossError, NonFiniteStateError, OSError) as err:
         error = err
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunStopped):
         pass
     finally:
         _finish_loggers(trainer)

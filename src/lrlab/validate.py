@@ -15,9 +15,14 @@ from lrlab.errors import ConfigError
 META_MIN_HIDDEN = 512
 
 
-def presets() -> list[str]:
-    root = conf_dir() / "experiment"
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+def presets(source=None, overrides: list[str] = ()) -> list[str]:
+    """The experiment presets: lrlab's, or every one on `source`'s search path (a user's config
+    dir given by -cd or `hydra.searchpath`) when it is given."""
+    roots = [conf_dir()] if source is None else source.config_dirs(list(overrides))
+    found = set()
+    for root in roots:
+        found |= {str(p.relative_to(root / "experiment").with_suffix("")) for p in (root / "experiment").rglob("*.yaml")}
+    return sorted(found)
 
 
 def _device(cfg):
@@ -25,7 +30,7 @@ def _device(cfg):
     return torch.device("meta") if big else nullcontext()
 
 
-def check(preset: str, overrides: list[str]) -> str | None:
+def check(preset: str, overrides: list[str], source=None) -> str | None:
     """None when the preset builds; otherwise one line saying why not."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -35,7 +40,7 @@ def check(preset: str, overrides: list[str]) -> str | None:
     from lrlab.validation import check_config
 
     try:
-        cfg = compose([f"experiment={preset}", *overrides], run_dir="/nonexistent")
+        cfg = compose([f"experiment={preset}", *overrides], run_dir="/nonexistent", source=source)
         check_config(cfg)
         with _device(cfg):
             _, task = build_parts(cfg)
@@ -47,12 +52,13 @@ def check(preset: str, overrides: list[str]) -> str | None:
     return None
 
 
-def validate_presets(names: list[str] | None = None, overrides: list[str] | None = None) -> list[str]:
+def validate_presets(names: list[str] | None = None, overrides: list[str] | None = None, source=None) -> list[str]:
     broken = []
-    for name in names or presets():
-        reason = check(name, overrides or [])
+    names = names or presets(source, overrides or [])
+    for name in names:
+        reason = check(name, overrides or [], source)
         print(f"{'ok    ' if reason is None else 'BROKEN'} {name}" + (f": {reason}" if reason else ""))
         if reason is not None:
             broken.append(name)
-    print(f"{len(broken)} broken of {len(names or presets())} presets", file=sys.stderr if broken else sys.stdout)
+    print(f"{len(broken)} broken of {len(names)} presets", file=sys.stderr if broken else sys.stdout)
     return broken

@@ -42,6 +42,11 @@ def _betas(v) -> bool:
 CHECKS = [
     # key, predicate, what is allowed
     ("seed", _is_int, "an integer"),
+    ("threads", lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    ("objective.metric", lambda v: isinstance(v, str) and v.startswith("val/"),
+     "a validation metric of summary.json, e.g. val/loss or val/acc"),
+    ("objective.mode", lambda v: v in ("min", "max"), "min or max"),
+    ("objective.on_failure", lambda v: v in ("worst", "raise"), "worst or raise"),
     ("deterministic", lambda v: v in (True, False, "warn", "strict"), "true, false, warn or strict"),
     ("trainer.max_steps", lambda v: _is_int(v) and v > 0, "a positive integer"),
     ("trainer.val_check_interval", lambda v: (_is_int(v) and v > 0) or (_is_num(v) and 0 < v <= 1),
