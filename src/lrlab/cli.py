@@ -322,12 +322,16 @@ def cmd_show(args) -> None:
 
 
 def _resolved(node, key: str):
-    """`node[key]` as plain data, resolved where it can be (a job's number is known only in a job)."""
-    value = node._get_node(key)
+    """`node[key]` as plain data, each value resolved where it can be (a job's number is known
+    only in a running job: such a value is shown as written)."""
+    child = node._get_node(key)
+    if OmegaConf.is_dict(child) and not child._is_interpolation():
+        return {name: _resolved(child, name) for name in child}
     try:
-        return OmegaConf.to_container(node[key], resolve=True) if OmegaConf.is_config(node[key]) else node[key]
+        value = node[key]
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     except Exception:  # an interpolation that only a running job can resolve (hydra.job.num, runtime.*)
-        return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value._value()
+        return child._value()
 
 
 def cmd_validate(args) -> None:

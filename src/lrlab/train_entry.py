@@ -47,9 +47,8 @@ def launcher_threads(hydra_cfg: DictConfig) -> int | None:
 def train(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.instance().cfg
     multirun = hydra_cfg.hydra.mode == RunMode.MULTIRUN
-    threads = cfg.get("threads") or launcher_threads(hydra_cfg)
-    if threads:
-        parallel.use_threads(int(threads))
+    if cfg.get("threads") is None and launcher_threads(hydra_cfg):
+        cfg.threads = launcher_threads(hydra_cfg)  # recorded in config.yaml; `run` applies it
     goal = cfg.objective
     try:
         summary = run(cfg, hydra_cfg)
