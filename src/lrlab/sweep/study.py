@@ -121,7 +121,7 @@ class Sweep:
     def record(self) -> dict:
         """What the study was made with; a rerun must match it (except `MAY_CHANGE`)."""
         chosen = {k: v for k, v in asdict(self.settings).items() if k not in MAY_CHANGE}
-        kept = [o for o in self.overrides if not o.startswith(tuple(f"sweep.{k}=" for k in MAY_CHANGE))]
+        kept = [o for o in self.overrides if not o.lstrip("+~").startswith("sweep.")]  # in `settings`
         return {"settings": chosen, "overrides": kept, "metric": self.metric, "mode": self.mode}
 
     def trial_overrides(self, number: int, values: dict) -> list[str]:
