@@ -55,24 +55,38 @@ def check_task(methods: list[Method], task_kind: str) -> None:
                 f"supports the {'/'.join(method.tasks)} task, not {task_kind}")
 
 
+def task_parts(cfg: DictConfig) -> dict:
+    """The task's parts: the model transformed by its methods, the methods, the loss, the
+    optimizer and schedule settings (the task's constructor arguments)."""
+    model = instantiate_node(cfg.model, "model")
+    methods = build_methods(cfg)
+    loss = build_loss(cfg)
+    check_task([*methods, loss], cfg.data.get("task"))
+    for method in methods:
+        model = method.transform_model(model)
+    parts = dict(model=model, loss=loss, methods=methods, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+                 scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), total_steps=int(cfg.trainer.max_steps))
+    if cfg.data.get("task") == "classify":
+        parts["num_classes"] = int(cfg.data.info.num_classes)
+    return parts
+
+
+def task_class(task_kind: str):
+    if task_kind == "classify":
+        from lrlab.tasks.classify import ClassifyTask
+
+        return ClassifyTask
+    from lrlab.tasks.causal_lm import CausalLMTask
+
+    return CausalLMTask
+
+
 def build_parts(cfg: DictConfig):
-    """Instantiate data, model, methods, loss and task; shared by `run` and `validate`."""
+    """Instantiate data, model, methods, loss and task; shared by `run` and `validate`. The task
+    keeps the resolved config as its hyperparameters (a checkpoint rebuilds it from them)."""
     model_task, task_kind = cfg.model.get("task"), cfg.data.get("task")
     require(model_task == task_kind, "model", cfg.model._target_,
             f"is a {model_task} model but data is {task_kind}: choose a matching model/data pair")
     datamodule = instantiate_node(cfg.data, "data")
-    model = instantiate_node(cfg.model, "model")
-    methods = build_methods(cfg)
-    loss = build_loss(cfg)
-    check_task([*methods, loss], task_kind)
-    for method in methods:
-        model = method.transform_model(model)
-    args = dict(model=model, loss=loss, methods=methods, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-                scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), total_steps=int(cfg.trainer.max_steps))
-    if task_kind == "classify":
-        from lrlab.tasks.classify import ClassifyTask
-
-        return datamodule, ClassifyTask(**args, num_classes=int(cfg.data.info.num_classes))
-    from lrlab.tasks.causal_lm import CausalLMTask
-
-    return datamodule, CausalLMTask(**args)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return datamodule, task_class(task_kind)(**task_parts(cfg), config=config)

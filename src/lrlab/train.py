@@ -292,6 +292,8 @@ def fit(cfg: DictConfig, run_dir: Path, datamodule, task, start: resuming.Start,
     own = [CheckpointGuard(resuming.plain(cfg)), throughput, memory, interrupt, summary, RNGState(),
            *([changes] if changes else []), *callbacks]
     trainer = build_trainer(cfg, run_dir, own, start.step)
+    for logger in trainer.loggers:  # the experiment: wandb config, TensorBoard hparams, CSV hparams.yaml
+        logger.log_hyperparams(resuming.plain(cfg))
     error = None
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=start.ckpt, weights_only=True)
