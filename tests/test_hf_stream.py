@@ -48,6 +48,68 @@ def test_stream_packs_blocks(corpus):
     assert [int(b["index"]) for b in stream] == [3, 4]
 
 
+def stream_module(corpus, **kwargs):
+    from lrlab.data.hf_stream import HFTextStream
+
+    dm = HFTextStream(dataset="text", tokenizer=str(corpus / "tokenizer"), vocab_size=320,
+                      data_files={"train": str(corpus / "train.txt"), "validation": str(corpus / "val.txt")}, **kwargs)
+    dm.setup()
+    return dm
+
+
+def first_documents(corpus, count: int) -> list[str]:
+    """The text loader's rows: the file's lines; the stream skips empty ones."""
+    return [line for line in (corpus / "train.txt").read_text().splitlines() if line][:count]
+
+
+def test_unpacked_rows_are_one_truncated_document_padded_and_masked(corpus):
+    """GaLore/Fira: each row is one document's tokens, cut so that EOS ends it, then padding whose
+    labels are -100."""
+    dm = stream_module(corpus, seq_len=24, batch_size=2, pack=False)
+    tok, eos = dm.tokenizer, dm.tokenizer.eos_token_id
+    rows = list(dm._stream("train", 40))
+    assert len(rows) == 40
+    padded = 0
+    for row, text in zip(rows, first_documents(corpus, 40)):
+        ids = tok(text, add_special_tokens=False)["input_ids"][:23] + [eos]
+        length = len(ids)
+        assert row["input_ids"].shape == (24,) and row["input_ids"][:length].tolist() == ids
+        assert row["labels"][:length].tolist() == ids and (row["labels"][length:] == -100).all()
+        padded += length < 24
+    assert 0 < padded < 40  # both short (padded) and long (truncated) documents were seen
+
+
+def test_padding_takes_no_part_in_the_loss(corpus):
+    """Through the model: the loss equals the cross-entropy over the real next tokens only, and
+    changing what the padding holds leaves it unchanged (causal attention, right padding)."""
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from lrlab.models.llama import build
+
+    dm = stream_module(corpus, seq_len=24, batch_size=4, pack=False)
+    batch = next(iter(DataLoader(dm._stream("train", 8), batch_size=4)))
+    torch.manual_seed(0)
+    model = build(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert (labels == -100).any()
+    loss = model(input_ids=ids, labels=labels).loss
+    logits = model(input_ids=ids).logits[:, :-1]
+    targets = labels[:, 1:]
+    real = targets != -100
+    assert torch.allclose(loss, F.cross_entropy(logits[real], targets[real]), rtol=1e-6)
+    scrambled = torch.where(labels == -100, torch.randint(0, 300, ids.shape), ids)
+    assert torch.allclose(model(input_ids=scrambled, labels=labels).loss, loss, rtol=1e-6)
+
+
+def test_validation_counts_non_padding_tokens(corpus):
+    """val_tokens: rows until their real tokens reach the count, the row that reaches it included."""
+    dm = stream_module(corpus, seq_len=24, batch_size=4, pack=False, val_blocks=None, val_tokens=500)
+    rows = list(dm.val_dataloader().dataset)
+    lengths = [int((r["labels"] != -100).sum()) for r in rows]
+    assert sum(lengths[:-1]) < 500 <= sum(lengths)
+
+
 def test_runner_trains_and_resumes_on_a_stream(make_cfg, tmp_path, corpus):
     n = 4
     common = [*overrides(corpus), f"trainer.max_steps={2 * n}", "trainer.val_check_interval=4",

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lrlab.errors import ConfigError
-from lrlab.optim import adamw, lowrank_adam, projector
+from lrlab.optim import adamw, frugal, lowrank_adam, projector
 from lrlab.optim.routing import state_bytes
 
 
@@ -27,7 +27,7 @@ def test_dct_matrix_is_orthonormal_dct2():
     assert torch.allclose(d @ d.T, torch.eye(12), atol=1e-5)
 
 
-@pytest.mark.parametrize("n", [1, 2, 7, 12, 64])
+@pytest.mark.parametrize("n", [1, 2, 7, 12, 64, 65])
 @pytest.mark.parametrize("dim", [0, 1])
 def test_fft_dct_scores_equal_the_matrix(n, dim, monkeypatch):
     monkeypatch.setattr(projector, "DCT_BLOCK", 3 * n)  # several blocks, the last one short
@@ -36,21 +36,34 @@ def test_fft_dct_scores_equal_the_matrix(n, dim, monkeypatch):
     assert torch.allclose(projector.dct_l1_scores(x, dim), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(30, 12), (12, 30)])
-def test_dct_selects_top_l1_columns(shape):
+@pytest.mark.parametrize("n", [1, 2, 7, 12, 64, 65])
+@pytest.mark.parametrize("dim", [0, 1])
+def test_fft_dct3_scores_equal_the_transposed_matrix(n, dim, monkeypatch):
+    monkeypatch.setattr(projector, "DCT_BLOCK", 3 * n)
+    x = torch.randn(n, 11) if dim == 0 else torch.randn(11, n)
+    expected = (dct_reference(n).T @ x).abs().sum(1) if dim == 0 else (x @ dct_reference(n)).abs().sum(0)
+    assert torch.allclose(projector.dct3_l1_scores(x, dim), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["matmul", "makhoul"])
+@pytest.mark.parametrize("shape", [(30, 12), (12, 30), (12, 12)], ids=["m>n", "m<n", "m=n"])
+def test_dct_selects_top_l1_basis_vectors(shape, variant):
+    """`matmul` (official default): columns of D, S = G·D (right) or Dᵀ·G (left); `makhoul`: rows
+    of D, S = G·Dᵀ or D·G. The low-rank gradient is S at the r best-scored basis vectors."""
     torch.manual_seed(0)
     grad, rank = torch.randn(*shape), 4
     side = projector.resolve_side(grad.shape, "std")
-    basis = projector.refresh(grad, rank, "std", "dct")
+    basis = projector.refresh(grad, rank, "std", "dct", dct_variant=variant)
     d = dct_reference(min(shape))
-    if side == "right":  # S = G·Dᵀ: the DCT-II of each row
-        scores = (grad @ d.T).abs().sum(0)
-        expected_low = (grad @ d.T)[:, scores.topk(rank).indices]
-    else:  # S = D·G: the DCT-II of each column
-        scores = (d @ grad).abs().sum(1)
-        expected_low = (d @ grad)[scores.topk(rank).indices]
+    vectors = d.T if variant == "matmul" else d  # one basis vector per row
+    if side == "right":
+        scores = (grad @ vectors.T).abs().sum(0)
+        expected_low = (grad @ vectors.T)[:, scores.topk(rank).indices]
+    else:
+        scores = (vectors @ grad).abs().sum(1)
+        expected_low = (vectors @ grad)[scores.topk(rank).indices]
     assert list(basis) == [f"proj_{side}_idx"] and basis[f"proj_{side}_idx"].dtype == torch.int64
-    left, right = projector.matrices(basis, grad.shape)
+    left, right = projector.matrices(basis, grad.shape, variant)
     assert torch.allclose(projector.project(grad, left, right), expected_low, atol=1e-5)
 
 
@@ -144,73 +157,139 @@ def test_state_is_tensors_and_ints_and_loads_weights_only():
     assert restored["state"]
 
 
-def test_resume_equals_straight():
-    """N steps + save/load + N steps == 2N steps, with the projector refreshed across the boundary."""
-    torch.manual_seed(0)
-    straight_model = TwoLayer()
-    resumed_model = TwoLayer()
-    resumed_model.load_state_dict(straight_model.state_dict())
-    straight = lowrank_adam.build(straight_model, rank=4, update_proj_gap=3, residual="fira")
-    train(straight, straight_model, 8, seed=1)
-    first = lowrank_adam.build(resumed_model, rank=4, update_proj_gap=3, residual="fira")
-    gen_steps = 4
-    train(first, resumed_model, gen_steps, seed=1)
-    buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)
-    buffer.seek(0)
-    second = lowrank_adam.build(resumed_model, rank=4, update_proj_gap=3, residual="fira")
-    second.load_state_dict(torch.load(buffer, weights_only=True))
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(gen_steps):  # replay the generator to the same position
-        for p in resumed_model.parameters():
-            torch.randn(p.shape, generator=gen)
-    for _ in range(gen_steps):
-        for p in resumed_model.parameters():
-            p.grad = torch.randn(p.shape, generator=gen)
-        second.step()
-    for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
-        assert torch.equal(a, b)
-
-
-def test_bf16_params_keep_fp32_bases_after_load():
-    model = TwoLayer(dtype=torch.bfloat16)
+def test_bf16_dense_parameters_keep_fp32_moments():
+    """v changes by (1−β2)·g² per step, below bf16's resolution next to v: the moments are fp32.
+    After one step from zero: m = (1−β1)·g and v = (1−β2)·g², exactly in fp32."""
+    model = TwoLayer().to(torch.bfloat16)
     opt = lowrank_adam.build(model, rank=4, update_proj_gap=2)
-    train(opt, model, 2)
-    again = lowrank_adam.build(model, rank=4, update_proj_gap=2)
-    again.load_state_dict(opt.state_dict())
-    for p in again.param_groups[0]["params"]:
-        state = again.state[p]
-        assert p.dtype == torch.bfloat16
-        assert all(state[k].dtype == torch.float32 for k in ("exp_avg", "exp_avg_sq") if k in state)
-        assert any(k in state and state[k].dtype == torch.float32 for k in ("proj_left", "proj_right"))
+    train(opt, model, 1)
+    gen = torch.Generator().manual_seed(0)
+    grads = {p: torch.randn(p.shape, generator=gen).to(torch.bfloat16) for p in model.parameters()}
+    for group in opt.param_groups[1:]:
+        for p in group["params"]:
+            state, g = opt.state[p], grads[p].float()
+            assert p.dtype == torch.bfloat16 and state["exp_avg"].dtype == torch.float32
+            assert torch.allclose(state["exp_avg"], g * (1 - 0.9), rtol=1e-6, atol=0)  # bf16 would be off by ~4e-3
+            assert torch.allclose(state["exp_avg_sq"], g * g * (1 - 0.999), rtol=1e-6, atol=0)
 
 
-def test_reset_clears_moments_and_restarts_bias_correction():
-    model = TwoLayer()
-    opt = lowrank_adam.build(model, rank=4, update_proj_gap=2, on_refresh="reset", rewarm_steps=10)
-    train(opt, model, 2)
+def _projected_state(opt):
     p = opt.param_groups[0]["params"][0]
-    assert opt.state[p]["adam_step"] == 2
-    train(opt, model, 1)  # step index 2 refreshes: moments restart
-    assert opt.state[p]["adam_step"] == 1
-    assert lowrank_adam._rewarm(opt.state[p], opt.param_groups[0]) == pytest.approx(1e-3 + (1 - 1e-3) * 0.2)
+    return p, opt.state[p]
 
 
-def test_rotate_maps_moments_into_new_basis():
-    model = TwoLayer()
-    opt = lowrank_adam.build(model, rank=4, update_proj_gap=2, on_refresh="rotate")
-    train(opt, model, 2)
-    p = opt.param_groups[0]["params"][0]
+@pytest.mark.parametrize("shape", [(12, 20), (20, 12), (12, 12)], ids=["m<n", "m>n", "m=n"])
+@pytest.mark.parametrize("on_refresh", ["reset_all", "reset_projected"])
+def test_reset_zeroes_the_moments_then_takes_one_step(shape, on_refresh):
+    """After a reset the moments hold one step of the new projected gradient R = Pᵀ·G (or G·Qᵀ):
+    m = (1−β1)·R, v = (1−β2)·R², and bias correction restarts (adam_step 1)."""
+    p = nn.Parameter(torch.randn(*shape))
+    opt = lowrank_adam.LowRankAdamW([{"params": [p], "rank": 3, "update_proj_gap": 2, "on_refresh": on_refresh}])
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(2):
+        p.grad = torch.randn(*shape, generator=gen)
+        opt.step()
+    p.grad = torch.randn(*shape, generator=gen)
+    opt.step()  # step index 2: refresh + reset
     state = opt.state[p]
-    old = {k: state[k].clone() for k in ("proj_left", "proj_right") if k in state}
-    m_old = state["exp_avg"].clone()
-    grad = torch.randn(p.shape)
-    new = projector.refresh(grad, 4, "std", "svd")
-    to_left, to_right = projector.rotation(old, new, p.shape)
-    lowrank_adam._rotate_moments(state, new, p.shape)
-    expected = to_left @ m_old if to_left is not None else m_old @ to_right
-    assert torch.allclose(state["exp_avg"], expected)
-    assert (state["exp_avg_sq"] >= 0).all()
+    left, right = state.get("proj_left"), state.get("proj_right")
+    low = left.T @ p.grad if left is not None else p.grad @ right.T
+    assert state["adam_step"] == 1
+    assert torch.allclose(state["exp_avg"], 0.1 * low, atol=1e-6)
+    assert torch.allclose(state["exp_avg_sq"], 0.001 * low * low, atol=1e-6)
+
+
+def test_reset_all_restarts_every_group_with_the_lr_at_one_thousandth():
+    """Momentum reset (arXiv 2505.22922): at a refresh the dense groups restart too; the first step
+    after the reset runs at 0.001·lr, so a dense weight moves by 0.001·lr·g/(|g| + ε/√(1−β2))."""
+    model = TwoLayer()
+    opt = lowrank_adam.build(model, lr=0.1, rank=4, update_proj_gap=3, on_refresh="reset_all", rewarm_steps=10)
+    train(opt, model, 3)
+    with torch.no_grad():
+        model.norm.weight.zero_()
+    g = torch.randn(16)
+    for param in model.parameters():
+        param.grad = torch.randn_like(param)
+    model.norm.weight.grad = g
+    opt.step()
+    state = opt.state[model.norm.weight]
+    assert state["adam_step"] == 1 and torch.allclose(state["exp_avg"], g * (1 - 0.9), rtol=1e-6, atol=0)
+    expected = -0.1 * 1e-3 * g / (g.abs() + 1e-6 / math.sqrt(1 - 0.999))
+    assert torch.allclose(model.norm.weight.detach(), expected, rtol=1e-5, atol=0)
+    assert all(opt.state[p]["adam_step"] == 1 for group in opt.param_groups for p in group["params"])
+
+
+def test_reset_projected_leaves_the_dense_groups_alone():
+    model = TwoLayer()
+    opt = lowrank_adam.build(model, rank=4, update_proj_gap=3, on_refresh="reset_projected")
+    train(opt, model, 4)
+    assert [opt.state[p]["adam_step"] for p in opt.param_groups[0]["params"]] == [1, 1]
+    assert all(opt.state[p]["adam_step"] == 4 for group in opt.param_groups[1:] for p in group["params"])
+
+
+@pytest.mark.parametrize("k, expected", [(0, 1e-3), (1, 1e-3 + 0.999 / 9), (8, 1e-3 + 0.999 * 8 / 9), (9, 1.0),
+                                         (30, 1.0)])
+def test_rewarm_goes_from_one_thousandth_to_one_at_step_n_minus_1(k, expected):
+    group = {"rewarm_steps": 10, "rewarm_start": 1e-3}
+    assert lowrank_adam._rewarm({"step": 200 + k, "rewarm_from": 200}, group) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("basis", ["svd", "dct"])
+@pytest.mark.parametrize("shape", [(12, 20), (20, 12), (12, 12)], ids=["m<n", "m>n", "m=n"])
+@pytest.mark.parametrize("on_refresh", ["rotate", "rotate_abs"])
+def test_rotate_maps_moments_into_new_basis(shape, on_refresh, basis):
+    """At a refresh the old moments are carried into the new subspace through the full space:
+    m_old lives in span(Pₒ) as Pₒ·m_old, whose coordinates in the new basis are Pₙᵀ·(Pₒ·m_old).
+    Then one Adam step of the new R is added: m = β1·m_rot + (1−β1)·R.
+    `rotate`: v_rot = (Pₙᵀ·Pₒ)∘(Pₙᵀ·Pₒ) · v_old;  `rotate_abs` (official DCT code): |Pₙᵀ·Pₒ·v_old|."""
+    p = nn.Parameter(torch.randn(*shape))
+    opt = lowrank_adam.LowRankAdamW([{"params": [p], "rank": 3, "update_proj_gap": 2, "on_refresh": on_refresh,
+                                      "basis": basis}])
+    gen = torch.Generator().manual_seed(3)
+
+    def basis_columns():  # m×r or n×r, orthonormal columns
+        left, right = projector.matrices(opt.state[p], p.shape)
+        return (left if left is not None else right.T).clone(), left is not None
+
+    for _ in range(2):
+        p.grad = torch.randn(*shape, generator=gen)
+        opt.step()
+    state = opt.state[p]
+    old_basis, left = basis_columns()
+    m_old, v_old = state["exp_avg"].clone(), state["exp_avg_sq"].clone()
+    p.grad = torch.randn(*shape, generator=gen)
+    opt.step()
+    new_basis, _ = basis_columns()
+    to_new = new_basis.T @ old_basis  # r×r: old coordinates → new coordinates
+    if left:
+        m_rot, v_lin, v_sq = to_new @ m_old, to_new @ v_old, (to_new * to_new) @ v_old
+        low = new_basis.T @ p.grad
+    else:
+        m_rot, v_lin, v_sq = m_old @ to_new.T, v_old @ to_new.T, v_old @ (to_new * to_new).T
+        low = p.grad @ new_basis
+    v_rot = v_sq if on_refresh == "rotate" else v_lin.abs()
+    assert not torch.allclose(to_new.abs(), torch.eye(3), atol=1e-2)  # the subspace did change
+    assert torch.allclose(state["exp_avg"], 0.9 * m_rot + 0.1 * low, atol=1e-5)
+    assert torch.allclose(state["exp_avg_sq"], 0.999 * v_rot + 0.001 * low * low, atol=1e-5)
+    assert state["adam_step"] == 3
+
+
+@pytest.mark.parametrize("eps_form, denominator", [("galore", lambda g, eps: g.abs() + eps / math.sqrt(0.001)),
+                                                   ("torch", lambda g, eps: g.abs() + eps)])
+def test_eps_form_of_the_first_step(eps_form, denominator):
+    """First Adam step: m̂ = g, v̂ = g². galore-torch adds ε to √v (before bias correction), so the
+    update is lr·g/(|g| + ε/√(1−β2)); torch's AdamW (FRUGAL, DCT-AdamW) adds it to √v̂: lr·g/(|g| + ε).
+    Checked on a dense weight and, through the basis, on a projected one."""
+    eps, lr = 0.05, 0.1
+    dense, projected = nn.Parameter(torch.zeros(6)), nn.Parameter(torch.zeros(12, 8))
+    opt = lowrank_adam.LowRankAdamW([{"params": [projected], "rank": 3, "update_proj_gap": 5},
+                                     {"params": [dense]}], lr=lr, eps=eps, eps_form=eps_form)
+    dense.grad, projected.grad = torch.randn(6), torch.randn(12, 8)
+    opt.step()
+    assert torch.allclose(dense.detach(), -lr * dense.grad / denominator(dense.grad, eps), atol=1e-6)
+    q = opt.state[projected]["proj_right"]
+    low = projected.grad @ q.T
+    assert torch.allclose(projected.detach(), -lr * (low / denominator(low, eps)) @ q, atol=1e-6)
 
 
 def test_frugal_moves_the_residual_by_sign():
@@ -228,16 +307,76 @@ def test_frugal_moves_the_residual_by_sign():
     assert torch.allclose(p.data, kept_update - 0.05 * dropped.sign(), atol=1e-4)
 
 
+def frugal_pair(residual_lr_scale=0.5):
+    """Two blocks A (index 0) and B (index 1), density 0.5 (k = 1 active), refresh every 2 steps."""
+    a, b = nn.Parameter(torch.zeros(6, 4)), nn.Parameter(torch.zeros(4, 6))
+    opt = frugal.BlockAdamW([{"params": [a, b], "density": 0.5, "update_proj_gap": 2,
+                              "block_order": "descending", "residual_lr_scale": residual_lr_scale}],
+                            lr=0.1, eps=1e-8, eps_form="torch")
+    return a, b, opt
+
+
+@pytest.mark.parametrize("count, density, period, order, expected", [
+    (14, 0.25, 0, "descending", {13, 12, 11, 10}),  # round(3.5) = 4: the last four weights first
+    (14, 0.25, 1, "descending", {9, 8, 7, 6}),
+    (14, 0.25, 3, "descending", {1, 0, 13, 12}),  # wraps around
+    (14, 0.25, 3, "ascending", {12, 13, 0, 1}),
+    (10, 0.25, 0, "descending", {9, 8}),  # round(2.5) = 2: halves go to even, as in the official code
+    (2, 0.25, 0, "descending", set()),  # round(0.5) = 0
+])
+def test_frugal_blocks_in_order(count, density, period, order, expected):
+    assert frugal.active_blocks(count, density, period, order) == expected
+
+
+def test_frugal_adam_on_the_active_block_signsgd_on_the_rest():
+    """Step 0 (period 0, descending): B is state-full, A state-free. B's first Adam step (ε on √v̂)
+    moves it by lr·g/(|g|+ε); A by lr·s·sign(g). At step 2 (period 1) A becomes state-full with fresh
+    moments and B loses its state."""
+    a, b, opt = frugal_pair()
+    gen = torch.Generator().manual_seed(4)
+    a.grad, b.grad = torch.randn(6, 4, generator=gen), torch.randn(4, 6, generator=gen)
+    opt.step()
+    assert torch.equal(a.detach(), -0.1 * 0.5 * a.grad.sign())
+    assert torch.allclose(b.detach(), -0.1 * b.grad / (b.grad.abs() + 1e-8), rtol=1e-6, atol=0)
+    assert "exp_avg" not in opt.state[a] and torch.equal(opt.state[b]["exp_avg"], 0.1 * b.grad)
+    for _ in range(2):
+        a.grad, b.grad = torch.randn(6, 4, generator=gen), torch.randn(4, 6, generator=gen)
+        opt.step()
+    assert opt.state[a]["adam_step"] == 1 and torch.equal(opt.state[a]["exp_avg"], 0.1 * a.grad)
+    assert set(opt.state[b]) == {"step"} and opt.state[b]["step"] == 3
+
+
+def test_frugal_state_is_the_active_blocks_moments_only():
+    model = TwoLayer()
+    opt = frugal.build(model, density=0.5, update_proj_gap=3)
+    train(opt, model, 1)
+    total, by_group = state_bytes(opt)
+    assert by_group[0] == 2 * 4 * model.mlp.weight.numel()  # descending: the last weight (mlp) first
+
+
 @pytest.mark.parametrize("kwargs, key", [
     ({"rank": 0}, "optimizer.rank"), ({"rank": -2}, "optimizer.rank"), ({"rank": 100}, "optimizer.rank"),
     ({"update_proj_gap": 0}, "optimizer.update_proj_gap"), ({"basis": "qr"}, "optimizer.basis"),
     ({"proj_type": "middle"}, "optimizer.proj_type"), ({"residual": "x"}, "optimizer.residual"),
-    ({"on_refresh": "x"}, "optimizer.on_refresh"), ({"lr": -1.0}, "optimizer.lr"),
-    ({"target_modules": ["nothing"]}, "optimizer.target_modules"),
+    ({"on_refresh": "reset"}, "optimizer.on_refresh"), ({"lr": -1.0}, "optimizer.lr"),
+    ({"target_modules": ["nothing"]}, "optimizer.target_modules"), ({"dct_variant": "fft"}, "optimizer.dct_variant"),
+    ({"eps_form": "adam"}, "optimizer.eps_form"), ({"rewarm_steps": -1}, "optimizer.rewarm_steps"),
+    ({"rewarm_start": 0.0}, "optimizer.rewarm_start"),
 ])
 def test_bad_input_names_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         lowrank_adam.build(TwoLayer(), **{"rank": 4, **kwargs})
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"density": 1.5}, "optimizer.density"), ({"density": -0.1}, "optimizer.density"),
+    ({"update_proj_gap": 0}, "optimizer.update_proj_gap"), ({"block_order": "random"}, "optimizer.block_order"),
+    ({"residual_lr_scale": -1.0}, "optimizer.residual_lr_scale"), ({"lr": 0.0}, "optimizer.lr"),
+    ({"eps_form": "adam"}, "optimizer.eps_form"), ({"target_modules": ["nothing"]}, "optimizer.target_modules"),
+])
+def test_frugal_bad_input_names_the_key(kwargs, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        frugal.build(TwoLayer(), **kwargs)
 
 
 def test_closure_is_called():

@@ -5,6 +5,7 @@ throughput, metrics history and logger runs continue across segments."""
 import csv
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -163,4 +164,6 @@ def test_wandb_resumes_the_same_run(make_cfg, tmp_path, monkeypatch):
     run(make_cfg(*cfg, logger="wandb"))
     run(make_cfg(*cfg, "resume=auto", "trainer.max_steps=9", logger="wandb"))
     segments = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(segments) == 2 and len({p.name.rsplit("-", 1)[1] for p in segments}) == 1
+    # offline-run-<date>_<time>-<run id>[-<n>]: wandb adds -<n> when a segment dir already exists
+    run_ids = {re.fullmatch(r"offline-run-\d{8}_\d{6}-([^-]+)(-\d+)?", p.name).group(1) for p in segments}
+    assert len(segments) == 2 and len(run_ids) == 1

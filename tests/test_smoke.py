@@ -30,7 +30,7 @@ def test_a_paper_preset_shrinks_its_model_swaps_hub_data_and_runs_on_a_cpu(tmp_p
     assert swaps == ["llama_1b → 2 layers × 64", "c4 → stdlib text (same HF stream), local BPE tokenizer (512)",
                      "trainer gpu → 1 CPU device"]
     cfg = compose([f"experiment={preset}", *overrides], run_dir="x")
-    assert cfg.model.hidden_size % cfg.model.num_attention_heads == 0 and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.model.hidden_size % cfg.model.num_attention_heads == 0 and cfg.trainer.precision == "bf16-true"
 
 
 def test_junit_xml_lists_each_preset_and_its_failure():

@@ -1,4 +1,4 @@
-"""`lrlab train|sweep|ls|show|validate|smoke|data|report|export` — a thin dispatch over Hydra.
+"""`lrlab train|sweep|ls|show|validate|smoke|data|report|compress|export` — a thin dispatch over Hydra.
 
 Every command composes the same `conf/train.yaml`. Bad input (unknown option, wrong type,
 missing data, unreadable checkpoint, ...) prints one line `error: KEY=VALUE: what is allowed`
@@ -393,6 +393,12 @@ def cmd_report(args) -> None:
     print(markdown(runs, by_seed=not args.per_run))
 
 
+def cmd_compress(args) -> None:
+    from lrlab.compress import main as compress
+
+    guarded(compress, list(args.arguments))
+
+
 def source_flags() -> argparse.ArgumentParser:
     """Hydra's flags that choose the configs, for the commands that compose them."""
     flags = argparse.ArgumentParser(add_help=False)
@@ -435,11 +441,13 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("paths", nargs="+")
     report.add_argument("--per-run", action="store_true", help="one row per run (default: mean ± std over seeds)")
     report.add_argument("--out", metavar="DIR", help="write report.md, runs.csv and the plots there")
+    compress = sub.add_parser("compress", help="truncate a trained run by SVD: ckpt=PATH rank=R | energy=E [out=DIR]")
+    compress.add_argument("arguments", nargs="*", help="KEY=VALUE: ckpt, rank or energy, out")
     return p
 
 
 COMMANDS = {"report": cmd_report, "sweep": cmd_sweep, "ls": cmd_ls, "show": cmd_show, "validate": cmd_validate,
-            "smoke": cmd_smoke, "data": cmd_data}
+            "smoke": cmd_smoke, "compress": cmd_compress, "data": cmd_data}
 HYDRA_COMMANDS = {"train": cmd_train}  # these take their own command line (Hydra's flags)
 COMPLETION_FLAGS = ("-sc", "--shell-completion")
 

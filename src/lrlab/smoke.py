@@ -11,7 +11,7 @@ CPU cannot hold is swapped, and printed per preset:
   sequences and the modular-arithmetic modulus shrink;
 - a GPU trainer runs on one CPU device (bf16 precisions kept, 16-bit ones become bf16);
 - every refresh / re-selection interval (`update_proj_gap`, `*_every`, `interval`, `period`)
-  becomes `REFRESH` steps, and the optimizer's rank is capped to the small widths.
+  becomes `REFRESH` steps, and every rank (projection, factorisation) is capped at `RANK`.
 
 Each preset runs `steps + 1` steps straight (a checkpoint at `steps`, a validation at the end),
 then again from that checkpoint for the last step. With `steps` = 3 the resume falls between two
@@ -36,6 +36,7 @@ from lrlab import parallel
 LAYERS, HIDDEN, HEADS = 2, 64, 4
 VOCAB, SEQ_LEN, BATCH = 512, 32, 16  # EVA's incremental SVD needs 16 rows a batch
 REFRESH = 2
+RANK = 8
 INTERVAL_KEYS = ("update_proj_gap", "interval", "period")
 PRETRAINED = ("pretrained", "minilm", "smollm2")  # model builders that load weights: kept at their size
 
@@ -136,7 +137,8 @@ def miniature(cfg, choice: dict[str, str], corpus: Path) -> tuple[list[str], lis
 
 
 def interval_overrides(cfg) -> list[str]:
-    """Every refresh / re-selection interval of the optimizer and methods → REFRESH; ranks capped."""
+    """Every refresh / re-selection interval of the optimizer and methods → REFRESH; every rank
+    (the optimizer's projection, a parametrization's factors) capped at RANK."""
     overrides = []
     nodes = {"optimizer": cfg.optimizer, "adapter": cfg.get("adapter") or {},
              "parametrization": cfg.get("parametrization") or {},
@@ -145,9 +147,10 @@ def interval_overrides(cfg) -> list[str]:
         for key, value in node.items():
             if (key in INTERVAL_KEYS or key.endswith("_every")) and isinstance(value, int) and value > REFRESH:
                 overrides.append(f"{prefix}.{key}={REFRESH}")
-    rank = cfg.optimizer.get("rank")
-    if isinstance(rank, int) and rank > 8:
-        overrides.append("optimizer.rank=8")
+    for prefix, node in nodes.items():
+        rank = node.get("rank")
+        if isinstance(rank, int) and rank > RANK:
+            overrides.append(f"{prefix}.rank={RANK}")
     return overrides
 
 

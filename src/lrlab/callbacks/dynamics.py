@@ -2,11 +2,18 @@
 
 - `Memorisation`: over the noisy-label training samples (y ≠ y_clean), the fraction predicted
   as their noisy label (`val/mem_noisy`) and as their clean label (`val/mem_clean`).
-- `SoftmaxCollapse` (Prieto et al. 2025): the fraction of training samples whose float32
-  softmax cross-entropy gradient is exactly zero (`val/softmax_collapse`: every class's
-  p − onehot rounds to 0, a logit gap beyond float32's exp range, ~104), and the fraction
-  whose float32 loss is exactly zero (`val/zero_loss`: p_y rounds to 1, a gap of ~17; the
-  true class then receives no gradient, the earlier stage of the collapse).
+- `SoftmaxCollapse` (Prieto et al. 2025), as the official code's logger defines it
+  (`compute_softmax_collapse` in logger.py of grokking-at-the-edge-of-numerical-stability): the
+  fraction of samples whose float32 Σ exp(z − max z) is exactly 1, i.e. every other class's
+  term is absorbed when it is added to the top class's 1 (a logit gap of ~17).
+  `val/softmax_collapse` on the training samples (what the paper plots) and
+  `val/softmax_collapse_val` on the validation samples. Whether ~100 terms of ~1e-8 are
+  absorbed depends on the order `torch.sum` adds them in (the CPU kernel adds the small ones
+  together first), as in the official code. Beside it, on the training samples: `val/zero_loss`,
+  the fraction whose float32 loss is exactly 0 (the official `zero_terms`; the loss kernel sums
+  in its own order, so it is neither a subset nor a superset of the collapse), and the stricter
+  `val/zero_gradient`, the fraction whose whole float32 gradient p − onehot is exactly 0 (a gap
+  beyond float32's exp range, ~104; implies both).
 - `RankMe` (Garrido et al. 2023): exp(−Σ p_k log p_k) with p_k = σ_k/‖σ‖₁ + 1e-7, σ the
   singular values of the N×D matrix of validation penultimate features (`val/rankme`).
 - `Spectra`: per 2-D weight, the nuclear norm and effective rank (RankMe of its singular
@@ -56,7 +63,12 @@ def zero_loss_fraction(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((F.cross_entropy(logits.float(), labels, reduction="none") == 0).float().mean())
 
 
-def collapsed_fraction(logits: torch.Tensor, labels: torch.Tensor) -> float:
+def softmax_collapse_fraction(logits: torch.Tensor) -> float:
+    shifted = logits.float() - logits.float().amax(dim=1, keepdim=True)
+    return float((shifted.exp().sum(dim=1) == 1).float().mean())
+
+
+def zero_gradient_fraction(logits: torch.Tensor, labels: torch.Tensor) -> float:
     grad = logits.float().softmax(-1) - F.one_hot(labels, logits.shape[1]).float()
     return float((grad == 0).all(1).float().mean())
 
@@ -87,9 +99,16 @@ class Memorisation(_SplitMetric):
 
 
 class SoftmaxCollapse(_SplitMetric):
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        super().on_validation_epoch_end(trainer, pl_module)
+        if not trainer.sanity_checking:
+            held_out = predict(pl_module, trainer.datamodule.val_set)["logits"]
+            pl_module.log("val/softmax_collapse_val", softmax_collapse_fraction(held_out))
+
     def measure(self, out: dict) -> dict[str, float]:
-        return {"softmax_collapse": collapsed_fraction(out["logits"], out["y"]),
-                "zero_loss": zero_loss_fraction(out["logits"], out["y"])}
+        return {"softmax_collapse": softmax_collapse_fraction(out["logits"]),
+                "zero_loss": zero_loss_fraction(out["logits"], out["y"]),
+                "zero_gradient": zero_gradient_fraction(out["logits"], out["y"])}
 
 
 class RankMe(_SplitMetric):

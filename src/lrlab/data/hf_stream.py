@@ -1,9 +1,20 @@
-"""Any HF dataset by name + any HF tokenizer, streamed and packed into `seq_len` blocks.
+"""Any HF dataset by name + any HF tokenizer, streamed as `seq_len` rows.
+
+Two ways to make rows (`pack`):
+- `true`: documents are tokenized, joined with the EOS token and cut into `seq_len` blocks.
+- `false` (the GaLore/Fira protocol: `tokenizer(text, max_length=256, truncation=True,
+  padding="max_length")` in peft_pretraining/dataloader.py and torchrun_main.py of the official
+  GaLore repository, read at commit 8460814): one document per row, truncated to `seq_len`
+  tokens with the EOS token last (T5 appends it), padded to `seq_len`; the padding's labels are
+  −100, so it is left out of the loss (the official loop sets `labels[labels == pad] = -100`).
+  Right padding under causal attention leaves every real position's output unchanged, so no
+  attention mask is passed.
+Validation reads `val_blocks` rows, or rows until they hold `val_tokens` non-padding tokens (the
+row that reaches the count included; GaLore and Fira evaluate on 10M tokens, checked per batch).
 
 The GaLore/Fira protocol is `allenai/c4` ("en", field "text") with the `t5-base` tokenizer at
 seq 256 (`data=c4`); the same code reads a local text file (`dataset: text`,
-`data_files: path`), which is how it is tested offline. Documents are tokenized, joined with
-the EOS token and cut into blocks; rank r of w keeps documents i ≡ r (mod w).
+`data_files: path`), which is how it is tested offline. Rank r of w keeps documents i ≡ r (mod w).
 
 Resuming a stream cannot seek: the loader's checkpoint state is the number of blocks this
 rank consumed, and a resumed loader skips that many blocks (re-reading, not re-training them).
@@ -31,9 +42,10 @@ def load_tokenizer(name: str):
 
 class PackedStream(IterableDataset):
     def __init__(self, dataset: str, name: str | None, split: str, data_files, text_field: str, tokenizer,
-                 seq_len: int, max_blocks: int | None):
+                 seq_len: int, max_blocks: int | None, pack: bool = True, max_tokens: int | None = None):
         self.dataset, self.name, self.split, self.data_files = dataset, name, split, data_files
         self.text_field, self.tokenizer, self.seq_len, self.max_blocks = text_field, tokenizer, seq_len, max_blocks
+        self.pack, self.max_tokens = pack, max_tokens
         self.skip = 0
 
     def documents(self) -> Iterator[str]:
@@ -53,27 +65,47 @@ class PackedStream(IterableDataset):
                 yield row[self.text_field]
 
     def __iter__(self) -> Iterator[dict]:
+        produced, tokens, skip = 0, 0, self.skip
+        self.skip = 0
+        for ids, length in self.blocks() if self.pack else self.padded_rows():
+            if self.max_blocks is not None and produced >= self.max_blocks:
+                return
+            if self.max_tokens is not None and tokens >= self.max_tokens:
+                return
+            produced, tokens = produced + 1, tokens + length
+            if produced <= skip:
+                continue
+            input_ids = torch.tensor(ids, dtype=torch.long)
+            labels = input_ids.clone()
+            labels[length:] = -100
+            yield {"input_ids": input_ids, "labels": labels, "index": torch.tensor(produced - 1)}
+        # an empty split would end every epoch at once, and the fit loop would start epochs forever
+        require(produced > 0 or self.max_blocks == 0, "data.dataset", self.dataset,
+                f"split {self.split!r} holds no block of data.seq_len={self.seq_len} tokens: give a non-empty "
+                "dataset (or a shorter seq_len)")
+
+    def blocks(self) -> Iterator[tuple[list[int], int]]:
+        """Documents joined with EOS and cut into full `seq_len` blocks (no padding)."""
         eos = self.tokenizer.eos_token_id
         buffer: list[int] = []
-        produced, skip = 0, self.skip
-        self.skip = 0
         for text in self.documents():
             buffer.extend(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             if eos is not None:
                 buffer.append(eos)
             while len(buffer) >= self.seq_len:
                 block, buffer = buffer[: self.seq_len], buffer[self.seq_len:]
-                if self.max_blocks is not None and produced >= self.max_blocks:
-                    return
-                produced += 1
-                if produced <= skip:
-                    continue
-                ids = torch.tensor(block, dtype=torch.long)
-                yield {"input_ids": ids, "labels": ids, "index": torch.tensor(produced - 1)}
-        # an empty split would end every epoch at once, and the fit loop would start epochs forever
-        require(produced > 0 or self.max_blocks == 0, "data.dataset", self.dataset,
-                f"split {self.split!r} holds no block of data.seq_len={self.seq_len} tokens: give a non-empty "
-                "dataset (or a shorter seq_len)")
+                yield block, self.seq_len
+
+    def padded_rows(self) -> Iterator[tuple[list[int], int]]:
+        """One document per row: its tokens truncated so that EOS ends it, padded to `seq_len`;
+        yields the row and its length before padding."""
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        pad = pad if pad is not None else (eos if eos is not None else 0)
+        room = self.seq_len - (eos is not None)
+        for text in self.documents():
+            ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
+            ids = ids + [eos] if eos is not None else ids
+            yield ids + [pad] * (self.seq_len - len(ids)), len(ids)
 
 
 class StreamLoader(DataLoader):
@@ -96,10 +128,15 @@ class HFTextStream(L.LightningDataModule):
     def __init__(self, dataset: str, tokenizer: str, vocab_size: int, name: str | None = None,
                  text_field: str = "text", split: str = "train", val_split: str = "validation",
                  data_files: dict | str | None = None, seq_len: int = 256, batch_size: int = 32,
-                 val_blocks: int = 64, max_train_blocks: int | None = None, num_workers: int = 0, seed: int = 0):
+                 val_blocks: int | None = 64, val_tokens: int | None = None, pack: bool = True,
+                 max_train_blocks: int | None = None, num_workers: int = 0, seed: int = 0):
         super().__init__()
         require(seq_len > 0, "data.seq_len", seq_len, "must be a positive integer")
         require(batch_size > 0, "data.batch_size", batch_size, "must be a positive integer")
+        require(val_blocks is not None or val_tokens is not None, "data.val_blocks", val_blocks,
+                "must be set (a number of rows) when data.val_tokens is null")
+        require(val_tokens is None or val_tokens > 0, "data.val_tokens", val_tokens, "must be a positive integer")
+        self.pack, self.val_tokens = pack, val_tokens
         self.dataset, self.name, self.text_field = dataset, name, text_field
         self.split, self.val_split, self.data_files = split, val_split, data_files
         self.tokenizer_name, self.vocab_size, self.seq_len = tokenizer, vocab_size, seq_len
@@ -114,9 +151,9 @@ class HFTextStream(L.LightningDataModule):
             require(len(self.tokenizer) <= self.vocab_size, "data.vocab_size", self.vocab_size,
                     f"must be >= the tokenizer's {len(self.tokenizer)} tokens")
 
-    def _stream(self, split: str, max_blocks: int | None) -> PackedStream:
+    def _stream(self, split: str, max_blocks: int | None, max_tokens: int | None = None) -> PackedStream:
         return PackedStream(self.dataset, self.name, split, self.data_files, self.text_field, self.tokenizer,
-                            self.seq_len, max_blocks)
+                            self.seq_len, max_blocks, self.pack, max_tokens)
 
     def _consumed_batches(self) -> int:
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
@@ -127,5 +164,5 @@ class HFTextStream(L.LightningDataModule):
                             generator=private_generator(self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._stream(self.val_split, self.val_blocks), batch_size=self.batch_size,
+        return DataLoader(self._stream(self.val_split, self.val_blocks, self.val_tokens), batch_size=self.batch_size,
                           generator=private_generator(self.seed))

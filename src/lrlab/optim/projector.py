@@ -11,12 +11,20 @@ Bases (what P/Q are, recomputed from the current gradient at each refresh):
   for a fraction of the cost, since only min(m,n)² is decomposed.
 - `randomized`: range finder with `power_iters` power iterations and QR, then an SVD of the
   small projected matrix (Halko et al. 2011).
-- `dct`: SVD-free (Modoranu et al. 2025): one orthonormal DCT-II matrix D per size (rows are
-  the cosine frequencies), shared by all layers; S = G·Dᵀ (or D·G) — the DCT-II of G's rows
-  (columns) — and the r frequencies with the largest ℓ1 score are kept: Q = D[idx]
-  (P = D[idx]ᵀ). Only the int64 indices are stored per layer. The scores come from one real
-  FFT per block of G (Makhoul's algorithm, the official code's fast path; see `dct_l1_scores`),
-  S itself is never formed.
+- `dct`: SVD-free (Modoranu et al. 2025): one orthonormal DCT-II matrix D per size
+  (D[i, j] = √(2/n)·cos(π·i·(2j+1)/2n), row 0 scaled by √½), shared by all layers; a score S is
+  formed from G, the r basis vectors with the largest ℓ1 score are kept, and only their int64
+  indices are stored per layer. `dct_variant` picks the basis vectors, as the official
+  `sim_type` does (ista-daslab-optimizers, fft_low_rank/dct_adamw.py `setup_Q` and
+  fft_projector.py `compute_similarity_*`, read at commit 4c98e6e):
+  - `matmul` (the official default): the *columns* of D (`Q = dct3_matrix(n)` is D itself;
+    its columns are the DCT-III basis): S = G·D (right side) or Dᵀ·G (left side), Q = D[:, idx]ᵀ
+    (P = D[:, idx]). S is the DCT-III of G's rows (columns), computed by the inverse of
+    Makhoul's algorithm (`dct3_l1_scores`).
+  - `makhoul`: the *rows* of D (the DCT-II frequencies; the official code then uses Dᵀ as Q):
+    S = G·Dᵀ (or D·G), the DCT-II of G's rows (columns), Q = D[idx] (P = D[idx]ᵀ), computed by
+    Makhoul's algorithm (`dct_l1_scores`).
+  Both score by one real FFT per block of G; S itself is never formed.
 - `random`: a seeded Gaussian matrix orthonormalised by QR.
 
 The projector is stateless: bases live as tensors in the optimizer state under the keys in
@@ -29,20 +37,28 @@ import torch
 
 SIDES = ("std", "reverse_std", "left", "right", "full")
 BASES = ("svd", "eigh", "randomized", "dct", "random")
+DCT_VARIANTS = ("matmul", "makhoul")
 STATE_KEYS = ("proj_left", "proj_right", "proj_left_idx", "proj_right_idx")
 
-_DCT_CACHE: dict[tuple[int, str], torch.Tensor] = {}
+_DCT_CACHE: dict[tuple[int, str, str], torch.Tensor] = {}
 
 
 def dct_matrix(n: int, device: torch.device) -> torch.Tensor:
     """Orthonormal DCT-II matrix: D[i, j] = √(2/n)·cos(π·i·(2j+1)/(2n)), row 0 scaled by √½."""
-    key = (n, str(device))
+    return dct_basis(n, device, "makhoul")
+
+
+def dct_basis(n: int, device: torch.device, variant: str) -> torch.Tensor:
+    """The basis vectors of `variant` as the rows of one cached fp32 matrix: D (`makhoul`) or
+    Dᵀ (`matmul`), so that selecting r of them is a row gather either way."""
+    key = (n, str(device), variant)
     if key not in _DCT_CACHE:
         i = torch.arange(n, dtype=torch.float64).unsqueeze(1)
         j = torch.arange(n, dtype=torch.float64).unsqueeze(0)
         d = math.sqrt(2.0 / n) * torch.cos(math.pi * i * (2 * j + 1) / (2 * n))
         d[0] *= math.sqrt(0.5)
-        _DCT_CACHE[key] = d.to(device=device, dtype=torch.float32)
+        rows = d if variant == "makhoul" else d.T
+        _DCT_CACHE[key] = rows.contiguous().to(device=device, dtype=torch.float32)
     return _DCT_CACHE[key]
 
 
@@ -86,6 +102,45 @@ def dct_l1_scores(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([sums[:, 0], sums[1:n - half + 1, 1].flip(0)])
 
 
+_INVERSE_CACHE: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _inverse_makhoul(n: int, device: torch.device) -> torch.Tensor:
+    """The twiddles e^{iπk/2n}/s_k for k = 0 … n//2 that invert `_makhoul`'s scaling."""
+    key = (n, str(device))
+    if key not in _INVERSE_CACHE:
+        k = torch.arange(n // 2 + 1, dtype=torch.float64)
+        scale = torch.full_like(k, math.sqrt(n / 2.0))
+        scale[0] = math.sqrt(n)
+        _INVERSE_CACHE[key] = (scale * torch.exp(1j * math.pi * k / (2 * n))).to(torch.complex64).to(device)
+    return _INVERSE_CACHE[key]
+
+
+def dct3_l1_scores(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """ℓ1 norm of every output of the orthonormal DCT-III (Dᵀ, the inverse of the DCT-II) of `x`
+    along `dim`, summed over the other dimension: (Dᵀ·x).abs().sum(1) for dim 0, (x·D).abs().sum(0)
+    for dim 1.
+
+    The inverse of Makhoul's algorithm: y = Dᵀ·c means D·y = c, i.e. y's unnormalised DCT-II is
+    C_k = c_k/s_k. With V = FFT(v), v = y reordered as in `_makhoul`, the forward relation
+    e^{−iπk/2n}·V_k = C_k − i·C_{n−k} (C_n = 0) gives V_k = e^{iπk/2n}/s_k·(c_k − i·c_{n−k}) for
+    k ≤ n//2 (s_k = s_{n−k} for k ≥ 1), v = irfft(V) and y[order] = v. Blocked along the other
+    dimension like `dct_l1_scores`.
+    """
+    n = x.shape[dim]
+    half = n // 2 + 1
+    order, _ = _makhoul(n, x.device)
+    twiddle = _inverse_makhoul(n, x.device)
+    twiddle = twiddle if dim == 1 else twiddle.unsqueeze(1)
+    sums = torch.zeros(n, device=x.device)
+    for block in x.split(max(1, DCT_BLOCK // n), dim=1 - dim):
+        mirrored = block.narrow(dim, n - half + 1, half - 1).flip(dim).neg()
+        imaginary = torch.cat([torch.zeros_like(block.narrow(dim, 0, 1)), mirrored], dim=dim)
+        spectrum = torch.complex(block.narrow(dim, 0, half).float(), imaginary.float()).mul_(twiddle)
+        sums += torch.fft.irfft(spectrum, n, dim=dim).abs().sum(dim=1 - dim)
+    return torch.empty_like(sums).index_copy_(0, order, sums)
+
+
 def resolve_side(shape: torch.Size, proj_type: str) -> str:
     """`left`, `right` or `full` for a gradient of this shape."""
     m, n = shape
@@ -116,15 +171,16 @@ def _top_left(grad: torch.Tensor, rank: int, basis: str, generator: torch.Genera
     return torch.linalg.qr(gaussian)[0]
 
 
-def _top_dct(grad: torch.Tensor, rank: int, side: str) -> torch.Tensor:
-    """Indices of the r DCT frequencies with the largest ℓ1 score over G's rows (right side)
+def _top_dct(grad: torch.Tensor, rank: int, side: str, variant: str) -> torch.Tensor:
+    """Indices of the r DCT basis vectors with the largest ℓ1 score over G's rows (right side)
     or columns (left side)."""
-    scores = dct_l1_scores(grad, 1 if side == "right" else 0)
+    transform = dct3_l1_scores if variant == "matmul" else dct_l1_scores
+    scores = transform(grad, 1 if side == "right" else 0)
     return torch.topk(scores, rank, sorted=True).indices
 
 
 def refresh(grad: torch.Tensor, rank: int, proj_type: str, basis: str, seed: int = 0,
-            power_iters: int = 2) -> dict[str, torch.Tensor]:
+            power_iters: int = 2, dct_variant: str = "matmul") -> dict[str, torch.Tensor]:
     """New basis tensors for `grad` (computed in fp32), keyed as in the optimizer state."""
     grad = grad.float()
     side = resolve_side(grad.shape, proj_type)
@@ -132,12 +188,12 @@ def refresh(grad: torch.Tensor, rank: int, proj_type: str, basis: str, seed: int
     new = {}
     if side in ("left", "full"):
         if basis == "dct":
-            new["proj_left_idx"] = _top_dct(grad, rank, "left")
+            new["proj_left_idx"] = _top_dct(grad, rank, "left", dct_variant)
         else:
             new["proj_left"] = _top_left(grad, rank, basis, generator, power_iters).contiguous()
     if side in ("right", "full"):
         if basis == "dct":
-            new["proj_right_idx"] = _top_dct(grad, rank, "right")
+            new["proj_right_idx"] = _top_dct(grad, rank, "right", dct_variant)
         elif basis == "svd":  # Vh of the same SVD as galore-torch, so signs match it exactly
             new["proj_right"] = torch.linalg.svd(grad, full_matrices=False)[2][:rank].contiguous()
         else:
@@ -145,14 +201,17 @@ def refresh(grad: torch.Tensor, rank: int, proj_type: str, basis: str, seed: int
     return new
 
 
-def matrices(state: dict, shape: torch.Size) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(P m×r or None, Q r×n or None) from the stored basis. DCT rows are gathered at the stored
-    indices on every call (an r×n copy, ~2 µs for r=64, n=256: not worth a cache)."""
+def matrices(state: dict, shape: torch.Size,
+             dct_variant: str = "matmul") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(P m×r or None, Q r×n or None) from the stored basis. DCT basis vectors are gathered at the
+    stored indices on every call (an r×n copy, ~2 µs for r=64, n=256: not worth a cache)."""
     left, right = state.get("proj_left"), state.get("proj_right")
     if "proj_left_idx" in state:
-        left = dct_matrix(shape[0], state["proj_left_idx"].device).index_select(0, state["proj_left_idx"]).T
+        idx = state["proj_left_idx"]
+        left = dct_basis(shape[0], idx.device, dct_variant).index_select(0, idx).T
     if "proj_right_idx" in state:
-        right = dct_matrix(shape[1], state["proj_right_idx"].device).index_select(0, state["proj_right_idx"])
+        idx = state["proj_right_idx"]
+        right = dct_basis(shape[1], idx.device, dct_variant).index_select(0, idx)
     return left, right
 
 
@@ -174,10 +233,11 @@ def back_factors(low: torch.Tensor, left: torch.Tensor | None,
     return (left, low) if right is None else (left @ low, right)
 
 
-def rotation(old: dict, new: dict, shape: torch.Size) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def rotation(old: dict, new: dict, shape: torch.Size,
+             dct_variant: str = "matmul") -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Maps moments from the old subspace to the new one: (Pₙᵀ·Pₒ, Qₒ·Qₙᵀ)."""
-    old_left, old_right = matrices(old, shape)
-    new_left, new_right = matrices(new, shape)
+    old_left, old_right = matrices(old, shape, dct_variant)
+    new_left, new_right = matrices(new, shape, dct_variant)
     to_left = None if new_left is None else new_left.T @ old_left
     to_right = None if new_right is None else old_right @ new_right.T
     return to_left, to_right
