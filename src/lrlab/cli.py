@@ -385,12 +385,14 @@ def cmd_data(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from lrlab.report.table import collect, markdown
+    from lrlab.report.write import report
 
-    runs = collect(args.paths)
-    if not runs:
-        fail(f"paths={args.paths}: no summary.json found under them")
-    print(markdown(runs, by_seed=not args.per_run))
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        fail(f"paths={' '.join(missing)}: no such folder")
+    done = guarded(report, args.paths, args.out, by_seed=not args.per_run)
+    print(done["markdown"])
+    print(f"report: {done['out']} (report.md, runs.csv, {sum(f.endswith('.png') for f in done['files'])} figures)")
 
 
 def cmd_compress(args) -> None:
