@@ -395,6 +395,14 @@ def cmd_report(args) -> None:
     print(f"report: {done['out']} (report.md, runs.csv, {sum(f.endswith('.png') for f in done['files'])} figures)")
 
 
+def cmd_export(args) -> None:
+    from lrlab.export import export
+
+    done = guarded(export, args.run_dir, args.out)
+    tokenizer = " with its tokenizer" if done["tokenizer"] else ""
+    print(f"exported {done['model']} ({done['format']}, {done['saved_with']}){tokenizer}: {done['out']}")
+
+
 def cmd_compress(args) -> None:
     from lrlab.compress import main as compress
 
@@ -443,13 +451,17 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("paths", nargs="+")
     report.add_argument("--per-run", action="store_true", help="one row per run (default: mean ± std over seeds)")
     report.add_argument("--out", metavar="DIR", help="write report.md, runs.csv and the plots there")
+    export = sub.add_parser("export", help="a trained run as a Hugging Face / PEFT folder (or safetensors)")
+    export.add_argument("run_dir")
+    export.add_argument("--out", metavar="DIR", help="the folder to write (default: RUN_DIR/export); must not exist")
     compress = sub.add_parser("compress", help="truncate a trained run by SVD: ckpt=PATH rank=R | energy=E [out=DIR]")
     compress.add_argument("arguments", nargs="*", help="KEY=VALUE: ckpt, rank or energy, out")
     return p
 
 
 COMMANDS = {"report": cmd_report, "sweep": cmd_sweep, "ls": cmd_ls, "show": cmd_show, "validate": cmd_validate,
-            "smoke": cmd_smoke, "compress": cmd_compress, "data": cmd_data}
+            "smoke": cmd_smoke, "compress": cmd_compress, "export": cmd_export,
+            "data": cmd_data}
 HYDRA_COMMANDS = {"train": cmd_train}  # these take their own command line (Hydra's flags)
 COMPLETION_FLAGS = ("-sc", "--shell-completion")
 

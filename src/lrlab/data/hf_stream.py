@@ -151,6 +151,10 @@ class HFTextStream(L.LightningDataModule):
             require(len(self.tokenizer) <= self.vocab_size, "data.vocab_size", self.vocab_size,
                     f"must be >= the tokenizer's {len(self.tokenizer)} tokens")
 
+    def hf_tokenizer(self):
+        self.setup()
+        return self.tokenizer
+
     def _stream(self, split: str, max_blocks: int | None, max_tokens: int | None = None) -> PackedStream:
         return PackedStream(self.dataset, self.name, split, self.data_files, self.text_field, self.tokenizer,
                             self.seq_len, max_blocks, self.pack, max_tokens)
