@@ -55,7 +55,8 @@ def test_info(cli, what, expected):
 def test_help_lists_lrlab_groups_and_flags(cli):
     code, out, _ = cli("train", "--help")
     assert code == 0 and out.startswith("lrlab train: one run")
-    assert "optimizer: adamw," in out and "sweep: digits_mlp_lr" in out and "experiment/galore:" in out
+    groups = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line and not line.startswith(" "))
+    assert "optimizer: adamw," in out and "digits_mlp_lr" in groups["sweep"].split(", ") and "experiment/galore:" in out
     assert "--multirun,-m" in out and 'eval "$(lrlab train -sc install=bash)"' in out
     code, out, _ = cli("train", "--hydra-help")
     assert code == 0 and "hydra/launcher: basic, joblib, parallel" in out
