@@ -9,7 +9,7 @@ from torch import nn
 
 from lrlab.errors import ConfigError
 from lrlab.optim import adamw, frugal, lowrank_adam, projector
-from lrlab.optim.routing import state_bytes
+from lrlab.optim.state import state_bytes
 
 
 def dct_reference(n: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 
 from lrlab.errors import ConfigError
-from lrlab.optim.routing import state_bytes
+from lrlab.optim.state import state_bytes
 from lrlab.rundir import write_text
 
 LOWER_IS_BETTER = ("loss", "ppl", "nll", "ece")

@@ -23,10 +23,17 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 from lrlab.report.table import mean_std  # noqa: E402
 
 
-def label_of(row: dict) -> str:
+def label_of(row: dict, common: set[str] = frozenset()) -> str:
+    """The row's overrides without those every row shares, then its method and rank."""
     rank = f" r={row['rank']}" if row["rank"] is not None else ""
-    text = f"{row['run']} ({row['method']}{rank})" if row["run"] != row["method"] else row["method"] + rank
+    own = " ".join(word for word in row["run"].split() if word not in common)
+    text = f"{own} ({row['method']}{rank})" if own and own != row["method"] else row["method"] + rank
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def shared_words(table: list[dict]) -> set[str]:
+    words = [set(row["run"].split()) for row in table]
+    return set.intersection(*words) if len(words) > 1 else set()
 
 
 def logged(run_dir: str, column: str) -> tuple[list[int], list[float]]:
@@ -53,12 +60,13 @@ def save(figure, path: Path) -> Path:
 def loss_curves(table: list[dict], path: Path) -> Path:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    common = shared_words(table)
     for index, row in enumerate(table):
         colour = colours[index % len(colours)]
         for number, run_dir in enumerate(row["dirs"]):
             steps, values = logged(run_dir, "train/loss")
             axis.plot(steps, values, color=colour, alpha=0.8, linewidth=1,
-                      label=f"{label_of(row)} [{row['status']}]" if number == 0 else None)
+                      label=f"{label_of(row, common)} [{row['status']}]" if number == 0 else None)
             steps, values = logged(run_dir, "val/loss")
             axis.plot(steps, values, "o", color=colour, markersize=3)
     axis.set_xlabel("step")
@@ -82,14 +90,14 @@ def pareto_front(points: list[tuple[float, float]], lower_is_better: bool) -> li
 
 def pareto(table: list[dict], path: Path, mode: str) -> Path:
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    points = []
+    points, common = [], shared_words(table)
     for row in table:
         metric = row["objective"]
         value = mean_std(row.get(metric, []) or [])
         memory = mean_std(row["state MiB"])
         if value is None or memory is None:
             continue
-        axis.errorbar(memory[0], value[0], xerr=memory[1], yerr=value[1], fmt="o", capsize=3, label=label_of(row))
+        axis.errorbar(memory[0], value[0], xerr=memory[1], yerr=value[1], fmt="o", capsize=3, label=label_of(row, common))
         points.append((memory[0], value[0]))
     front = pareto_front(points, mode == "min")
     if front:
@@ -104,7 +112,8 @@ def pareto(table: list[dict], path: Path, mode: str) -> Path:
 
 def step_time(table: list[dict], path: Path) -> Path:
     figure, axis = plt.subplots(figsize=(7, max(2.5, 0.4 * len(table) + 1)))
-    shown = [(label_of(row), mean_std(row["step ms"])) for row in table]
+    common = shared_words(table)
+    shown = [(label_of(row, common), mean_std(row["step ms"])) for row in table]
     shown = [(label, found) for label, found in shown if found is not None]
     axis.barh([label for label, _ in shown], [found[0] for _, found in shown],
               xerr=[found[1] for _, found in shown], capsize=3)

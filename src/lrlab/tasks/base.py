@@ -41,7 +41,7 @@ class BaseTask(L.LightningModule):
     def parts_from(self, config: dict | None) -> tuple:
         from omegaconf import OmegaConf
 
-        from lrlab.build import task_parts
+        from lrlab.parts import task_parts
 
         if config is None:
             raise TypeError(f"{type(self).__name__} needs a model, or the config to build it from")
