@@ -187,7 +187,7 @@ def test_the_entry_returns_the_objective_and_the_worst_value_on_failure(tmp_path
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from lrlab import conf_dir, train_entry
+    from lrlab import conf_dir, train
 
     monkeypatch.chdir(tmp_path)
     returned = []
@@ -200,10 +200,10 @@ def test_the_entry_returns_the_objective_and_the_worst_value_on_failure(tmp_path
         task_cfg = cfg.copy()
         with __import__("omegaconf").open_dict(task_cfg):
             del task_cfg["hydra"]
-        returned.append(train_entry.train(task_cfg))
+        returned.append(train.train(task_cfg))
     summary = json.loads((tmp_path / "0" / "summary.json").read_text())
     assert returned == [summary["metrics"]["final"]["val/loss"], float("inf")]
-    assert 1 in train_entry.FAILED and "loss is nan" in train_entry.FAILED[1][0]
+    assert 1 in train.FAILED and "loss is nan" in train.FAILED[1][0]
 
 
 def test_objective_value_and_worst():

@@ -170,7 +170,7 @@ def test_every_sweep_preset_searches_keys_of_its_config_within_allowed_values(na
     from lrlab.sweep import space
     from lrlab.sweep.study import plan
     from lrlab.train import check_optimizer, compose
-    from lrlab.validation import check_config, check_structure
+    from lrlab.validate import check_config, check_structure
 
     sweep = plan([f"sweep={name}", "run_name=preset"], Source())
     assert sweep.space, name

@@ -1,5 +1,5 @@
-"""Config → the run's parts: `build_parts(cfg)` makes the data module and the task (its parts from
-`lrlab.parts`). Everything is built through `lrlab.instantiate` (every build error becomes one
+"""Config → the run's parts: `compose(overrides)` makes the config as `lrlab train` would,
+`build_parts(cfg)` the data module and the task (its parts from `lrlab.parts`). Everything is built through `lrlab.instantiate` (every build error becomes one
 `ConfigError` line).
 """
 
@@ -7,6 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrlab import conf_dir
 from lrlab.errors import require
+from lrlab.hydra_app import Source
 from lrlab.instantiate import instantiate_node
 from lrlab.parts import task_parts
 
@@ -24,6 +25,19 @@ def check_single_choices(overrides: list[str]) -> None:
         if (group not in MULTI_CHOICE_GROUPS and (conf_dir() / group).is_dir()
                 and isinstance(override.value(), list)):
             require(False, group, override.value(), f"one option: a run has exactly one {group}")
+
+
+def compose(overrides: list[str] | tuple = (), run_dir: str | None = None, source: Source | None = None) -> DictConfig:
+    """The composed config, as `lrlab train` would build it from `source` (default: lrlab's
+    configs); `run_dir` fixes `paths.run_dir`."""
+    check_single_choices(overrides)
+    extra = [f"paths.run_dir={run_dir}"] if run_dir else []
+    return (source or Source()).compose([*overrides, *extra])
+
+
+def check_optimizer(task) -> None:
+    """Build the optimizer once up front, so its bad hyperparameters fail before training."""
+    task.configure_optimizers()
 
 
 def task_class(task_kind: str):

@@ -212,18 +212,18 @@ def launch_hydra(arguments: list[str]) -> None:
     import importlib.util
 
     import __main__
-    from lrlab import train_entry
+    from lrlab import train
 
     # Lightning's `ddp` launcher re-runs `python -m <__main__'s module> <argv[1:]>` for each rank:
     # point it at the Hydra entry, which takes the same arguments.
-    __main__.__spec__ = importlib.util.find_spec("lrlab.train_entry")
+    __main__.__spec__ = importlib.util.find_spec("lrlab.train")
     sys.argv = [sys.argv[0], *arguments]
-    train_entry.hydra_main()
+    train.hydra_main()
 
 
 def cmd_train(arguments: list[str]) -> None:
     """`lrlab train ARGUMENTS`: Hydra's flags and overrides; jobs are checked before Hydra runs them."""
-    from lrlab import train_entry
+    from lrlab import train
 
     args, unknown = hydra_parser().parse_known_args(arguments)
     if unknown:
@@ -236,7 +236,7 @@ def cmd_train(arguments: list[str]) -> None:
     multirun = guarded(source.multirun, overrides, args.multirun, _overrides=overrides)
     plan = guarded(precheck, overrides, multirun, source, _overrides=overrides)
     created = first_missing(plan.top)
-    train_entry.FAILED.clear()
+    train.FAILED.clear()
     try:
         launch_hydra(arguments)
     except SystemExit as done:
@@ -244,7 +244,7 @@ def cmd_train(arguments: list[str]) -> None:
             remove_if_empty(created)
         raise
     if multirun:
-        outcomes = job_outcomes(plan.top, train_entry.FAILED)
+        outcomes = job_outcomes(plan.top, train.FAILED)
         if any(reason for _, reason in outcomes.values()):
             print(grid_summary(outcomes), file=sys.stderr)
             sys.exit(1)

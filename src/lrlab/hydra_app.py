@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lrlab import conf_dir
 from lrlab.errors import ConfigError
 
-ENTRY_MODULE = "lrlab.train_entry"  # the module whose `hydra.main` runs the jobs
+ENTRY_MODULE = "lrlab.train"  # the module whose `hydra.main` runs the jobs
 CONFIG_NAME = "train"
 
 
@@ -68,7 +68,7 @@ class Source:
 
         previous = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
         try:
-            yield Hydra.create_main_hydra2(task_name="train_entry", config_search_path=self.search_path())
+            yield Hydra.create_main_hydra2(task_name="train", config_search_path=self.search_path())
         finally:
             GlobalHydra.instance().clear()
             if previous is not None:
