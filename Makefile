@@ -39,6 +39,7 @@ train: install
 bench: install
 	$(BIN)/python scripts/bench_runner.py
 	$(BIN)/python scripts/bench_optimizers.py
+	$(BIN)/python scripts/bench_parallel.py
 
 clean:
 	rm -rf $(VENV) outputs build dist
