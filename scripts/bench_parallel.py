@@ -56,9 +56,10 @@ def main() -> None:
     settings = {"one job": (1, None), f"{args.jobs} jobs, own share": (args.jobs, share(args.jobs)),
                 f"{args.jobs} jobs, default threads": (args.jobs, None)}
     results: dict[str, list[float]] = {name: [] for name in settings}
-    for _ in range(args.repeats):  # interleaved, best of N, to damp machine noise
+    for repeat in range(args.repeats):  # interleaved, best of N, to damp machine noise
         for name, (count, threads) in settings.items():
             results[name].append(jobs_at_once(count, threads, args.steps))
+            print(f"repeat {repeat}: {name}: {results[name][-1]:,.0f} tokens/s in total", flush=True)
     alone = max(results["one job"])
     print(f"cores: {cores()}, jobs: {args.jobs}, threads per job (own share): {share(args.jobs)}, "
           f"steps: {args.steps}, repeats: {args.repeats}")
