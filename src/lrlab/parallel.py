@@ -3,8 +3,8 @@
 torch starts one compute thread per core in every process: N jobs on N cores then run N² threads
 and the total throughput collapses (two `lrlab train` jobs on 2 cores: 0.16× of one job alone,
 measured; with one thread each: 1.16×). Wherever lrlab runs jobs side by side — the `parallel`
-launcher preset (`hydra/launcher=parallel`), `lrlab sweep sweep.n_jobs=N`, the claims scripts'
-grids (`--jobs N`), `lrlab smoke` — each job gets `share(N)` = cores // N threads through
+launcher preset (`hydra/launcher=parallel`), `lrlab sweep sweep.n_jobs=N`, `lrlab smoke` — each
+job gets `share(N)` = cores // N threads through
 `use_threads`; the `threads` key sets it for any single run. `scripts/bench_parallel.py`
 measures the total throughput of N jobs against one.
 """
