@@ -12,13 +12,32 @@ SMOKE = ["experiment=baseline/digits_mlp_adamw", "debug=smoke", "optimizer.lr=0.
 WANDB_BLOCK, WANDB_HEADER = 32768, 7
 
 
-def wandb_records(run_dir: Path) -> list:
-    """The records of the run's offline wandb transaction log (`run-<id>.wandb`: a W&B header,
-    then LevelDB-log blocks of protobuf `Record`s)."""
+def wandb_records(run_dir: Path, needed=("run", "config"), wait_s: float = 60.0) -> list:
+    """The records of the run's offline wandb transaction log, once it holds a record of each
+    `needed` type: the log is written by wandb's own service process, which may still be writing
+    it when the run has returned (seen on a loaded machine)."""
+    import time
+
+    deadline = time.time() + wait_s
+    while True:
+        found = parse_wandb_log(run_dir)
+        kinds = {r.WhichOneof("record_type") for r in found}
+        if set(needed) <= kinds or time.time() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def parse_wandb_log(run_dir: Path) -> list:
+    """`run-<id>.wandb`: a W&B header, then LevelDB-log blocks of protobuf `Record`s."""
     from wandb.proto import wandb_internal_pb2
 
-    [path] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    paths = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    if not paths:
+        return []
+    [path] = paths
     data, found, pending = path.read_bytes(), [], b""
+    if len(data) < 7:  # not written yet
+        return []
     assert data[:4] == b":W&B"
     pos = 7
     while pos + WANDB_HEADER <= len(data):
@@ -27,6 +46,8 @@ def wandb_records(run_dir: Path) -> list:
             pos += left
             continue
         _, length, kind = struct.unpack("<IHB", data[pos:pos + WANDB_HEADER])
+        if pos + WANDB_HEADER + length > len(data):  # a record still being written
+            break
         pending, pos = pending + data[pos + WANDB_HEADER:pos + WANDB_HEADER + length], pos + WANDB_HEADER + length
         if kind in (1, 4):  # a full record, or the last piece of one
             record = wandb_internal_pb2.Record()
