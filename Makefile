@@ -42,6 +42,7 @@ train: install
 bench: install
 	$(BIN)/python scripts/bench_runner.py
 	$(BIN)/python scripts/bench_optimizers.py
+	$(BIN)/python scripts/bench_parallel.py
 
 mutation: dev  ## mutation testing (config: [tool.mutmut] in pyproject.toml); MUTANTS='lrlab.optim.*' narrows it
 	$(BIN)/python -m pip install -q $(MUTMUT)

@@ -22,7 +22,8 @@ import torch
 
 from lrlab.models.llama import build as build_llama
 from lrlab.optim import frugal, lowrank_adam, projector
-from lrlab.optim.routing import decay_groups, split_params, state_bytes, trainable
+from lrlab.optim.routing import decay_groups, split_params, trainable
+from lrlab.optim.state import state_bytes
 
 SHAPES = [((512, 1376), 128), ((1024, 2736), 256), ((2048, 5461), 512)]
 BASES = {"svd": ("svd", "matmul"), "eigh": ("eigh", "matmul"), "randomized": ("randomized", "matmul"),

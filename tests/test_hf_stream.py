@@ -141,3 +141,25 @@ def test_stream_without_text_is_refused(cli, tmp_path, corpus, train_text, key):
                        "data.seq_len=32", "data.batch_size=4", "debug=smoke", "logger=none", "run_name=stream")
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith(f"error: {key}="), err[-2000:]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_local_files_without_a_validation_split_hold_out_every_kth_document(corpus):
+    """`data.data_files=FILE` (the README's way): every 4th document (val_fraction 0.25)
+    validates, the others train; together they are the file's documents, each once."""
+    from lrlab.data.hf_stream import HFTextStream
+
+    dm = HFTextStream(dataset="text", tokenizer=str(corpus / "tokenizer"), vocab_size=320, seq_len=16,
+                      data_files=str(corpus / "train.txt"), val_fraction=0.25)
+    dm.setup()
+    lines = (corpus / "train.txt").read_text().splitlines()
+    train, val = list(dm._stream("train", None).documents()), list(dm._stream("validation", None).documents())
+    assert val == [line for i, line in enumerate(lines) if i % 4 == 3 and line]
+    assert train == [line for i, line in enumerate(lines) if i % 4 != 3 and line]
+    assert next(iter(dm.val_dataloader()))["input_ids"].shape == (32, 16)
+
+
+def test_a_run_on_one_local_file_validates_on_its_held_out_part(corpus, make_cfg):
+    summary = run(make_cfg("data=hf_text", "data.dataset=text", f"data.tokenizer={corpus / 'tokenizer'}",
+                           "data.vocab_size=320", f"data.data_files={corpus / 'train.txt'}", "data.seq_len=32",
+                           "data.batch_size=4", "data.val_blocks=8", "debug=smoke"))
+    assert summary["status"] == "completed" and summary["metrics"]["final"]["val/loss"] > 0

@@ -10,7 +10,7 @@ from torch import nn
 
 from lrlab.errors import ConfigError
 from lrlab.optim import adamw, frugal, lowrank_adam, projector, sgd
-from lrlab.optim.routing import state_bytes
+from lrlab.optim.state import state_bytes
 from conftest import TwoLayer
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import lrlab
-from lrlab import validation
+from lrlab import validate
 from lrlab.errors import ConfigError
 from lrlab.validate import check
 
@@ -59,9 +59,9 @@ BUILT_BY = {
     "parametrizations/sltrain.py": (DIGITS[0], ["parametrization=sltrain"]),
     "parametrizations/sst.py": (DIGITS[0], ["parametrization=sst"]),
     "parametrizations/trp.py": (DIGITS[0], ["parametrization=trp"]),
-    "validation.py": DIGITS,
+    "validate.py": DIGITS,
 }
-# Keys of validation.py's table that only some presets hold.
+# Keys of validate.py's table that only some presets hold.
 VALIDATED_ON = {"optimizer.momentum": BUILT_BY["optim/sgd.py"], "data.seq_len": LLAMA}
 # Checks whose key is computed at run time: (file, site) -> the keys it checks; the site is the
 # names the enclosing loop runs over, or else the enclosing function.
@@ -71,11 +71,14 @@ DYNAMIC_KEYS = {
     ("parametrizations/base.py", "check_rank"): ["parametrization.rank"],
     ("parametrizations/pela.py", "feature_weight logit_weight perturbation_weight"): [
         "parametrization.feature_weight", "parametrization.logit_weight", "parametrization.perturbation_weight"],
+    ("sweep/study.py", "n_trials n_jobs"): ["sweep.n_trials", "sweep.n_jobs"],
+    ("sweep/study.py", "seed startup_trials warmup_steps"): ["sweep.seed", "sweep.startup_trials", "sweep.warmup_steps"],
     ("models/llama.py", "check_sizes"): ["model.hidden_size", "model.intermediate_size", "model.num_hidden_layers",
                                          "model.num_attention_heads", "model.vocab_size"],
 }
 # Files whose range checks no config of `lrlab train` reaches, and where they are tested.
-NOT_CONFIG = {"compress.py": "arguments of `lrlab compress`, not of a run (tests/test_compress.py)"}
+NOT_CONFIG = {"compress.py": "arguments of `lrlab compress`, not of a run (tests/test_compress.py)",
+              "sweep/study.py": "settings of `lrlab sweep`, checked when a sweep starts (tests/test_sweep.py)"}
 
 
 def _is_number(node: ast.AST) -> bool:
@@ -122,7 +125,7 @@ def _site(tree: ast.AST, call: ast.Call) -> str:
     """What names a check whose key is computed: the enclosing function, or the names its loop runs over."""
     for node in ast.walk(tree):
         if isinstance(node, ast.For) and isinstance(node.iter, ast.Tuple) and any(n is call for n in ast.walk(node)):
-            return " ".join(elt.elts[0].value for elt in node.iter.elts)
+            return " ".join(elt.value if isinstance(elt, ast.Constant) else elt.elts[0].value for elt in node.iter.elts)
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and any(n is call for n in ast.walk(node)):
             return node.name
@@ -167,23 +170,23 @@ def require_checks() -> list[tuple[str, str, list, str | None]]:
 
 
 def validation_checks() -> list[tuple[str, str, list, str | None]]:
-    """The same for the table `validation.CHECKS` (key, predicate lambda, what is allowed), which
+    """The same for the table `validate.CHECKS` (key, predicate lambda, what is allowed), which
     the runner applies to the composed config before building anything."""
-    tree = ast.parse((SRC / "validation.py").read_text())
+    tree = ast.parse((SRC / "validate.py").read_text())
     table = next(n.value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "CHECKS")
     checks = []
     for key, predicate, allowed in (row.elts for row in table.elts):
         if isinstance(predicate, ast.Lambda) and (bounds := _bounds(predicate.body, predicate.args.args[0].arg)):
             name = predicate.args.args[0].arg
             bad = [v for v in (_outside(side, bound, strict, _is_integer(predicate.body)) for side, bound, strict in bounds)
-                   if _rejects(predicate.body, name, v, vars(validation))]
+                   if _rejects(predicate.body, name, v, vars(validate))]
             text = f"must be {allowed.value}" if isinstance(allowed, ast.Constant) else None
-            checks.append(("validation.py", key.value, bad, text))
+            checks.append(("validate.py", key.value, bad, text))
     return checks
 
 
 CHECKS = require_checks() + validation_checks()
-VALIDATED_KEYS = {key for rel, key, *_ in CHECKS if rel == "validation.py"}
+VALIDATED_KEYS = {key for rel, key, *_ in CHECKS if rel == "validate.py"}
 CASES = [(rel, key, value, text) for rel, key, values, text in CHECKS if rel not in NOT_CONFIG for value in values]
 
 
@@ -192,7 +195,7 @@ def test_every_range_check_is_exercised():
     assert files - set(NOT_CONFIG) <= set(BUILT_BY), files - set(NOT_CONFIG) - set(BUILT_BY)
     assert not [key for _, key, *_ in CHECKS if key.startswith("<computed")]
     assert {("optim/sgd.py", "optimizer.momentum"), ("optim/lowrank_adam.py", "optimizer.rank"),
-            ("regularizers/elr.py", "regularizer.elr.beta"), ("validation.py", "trainer.max_steps")} <= {
+            ("regularizers/elr.py", "regularizer.elr.beta"), ("validate.py", "trainer.max_steps")} <= {
         (rel, key) for rel, key, *_ in CHECKS}
 
 
@@ -218,9 +221,9 @@ def first_error(preset: str, overrides: list[str], setting: str) -> str | None:
 
 @pytest.mark.parametrize("rel, key, value, allowed", CASES, ids=[f"{key}={value}" for _, key, value, _ in CASES])
 def test_out_of_range_value_is_one_line_naming_the_key(rel, key, value, allowed):
-    """The line names the key and the value; it says what the check allows, unless validation.py's
+    """The line names the key and the value; it says what the check allows, unless validate.py's
     table, which runs first, holds the same key."""
-    preset, overrides = VALIDATED_ON.get(key, BUILT_BY[rel]) if rel == "validation.py" else BUILT_BY[rel]
+    preset, overrides = VALIDATED_ON.get(key, BUILT_BY[rel]) if rel == "validate.py" else BUILT_BY[rel]
     line = first_error(preset, overrides, f"{key}={value!r}")
     expected = f"{key}={value!r}: "
     assert line is not None and line.startswith(expected), line

@@ -1,14 +1,15 @@
-"""Config → the run's parts: `build_parts(cfg)` makes the data module and the task: the model, then
-the methods in order (parametrization, adapter, regularizers) each transforming it, and the loss.
-Everything is built through `lrlab.instantiate` (every build error becomes one `ConfigError` line).
+"""Config → the run's parts: `compose(overrides)` makes the config as `lrlab train` would,
+`build_parts(cfg)` the data module and the task (its parts from `lrlab.parts`). Everything is built through `lrlab.instantiate` (every build error becomes one
+`ConfigError` line).
 """
 
 from omegaconf import DictConfig, OmegaConf
 
-from lrlab import conf_dir
+from lrlab import conf_dir, resolvers  # noqa: F401  (registers ${mul:...}, ${count_or:...}, ${stamp:...} for compose)
 from lrlab.errors import require
+from lrlab.hydra_app import Source
 from lrlab.instantiate import instantiate_node
-from lrlab.protocol import Loss, Method
+from lrlab.parts import task_parts
 
 
 MULTI_CHOICE_GROUPS = ("regularizer", "callbacks", "logger")
@@ -26,53 +27,35 @@ def check_single_choices(overrides: list[str]) -> None:
             require(False, group, override.value(), f"one option: a run has exactly one {group}")
 
 
-def _method(node, key: str, kind: type = Method) -> Method:
-    built = instantiate_node(node, key)
-    require(isinstance(built, kind), key, node.get("_target_"), f"must build a {kind.__module__}.{kind.__name__}")
-    built.config_key = key
-    return built
+def compose(overrides: list[str] | tuple = (), run_dir: str | None = None, source: Source | None = None) -> DictConfig:
+    """The composed config, as `lrlab train` would build it from `source` (default: lrlab's
+    configs); `run_dir` fixes `paths.run_dir`."""
+    check_single_choices(overrides)
+    extra = [f"paths.run_dir={run_dir}"] if run_dir else []
+    return (source or Source()).compose([*overrides, *extra])
 
 
-def build_methods(cfg: DictConfig) -> list[Method]:
-    """The run's methods in the order they transform the model."""
-    methods = []
-    for group in ("parametrization", "adapter"):
-        node = cfg.get(group)
-        if node:
-            methods.append(_method(node, group))
-    for name, node in (cfg.get("regularizer") or {}).items():
-        methods.append(_method(node, f"regularizer.{name}"))
-    return methods
+def check_optimizer(task) -> None:
+    """Build the optimizer once up front, so its bad hyperparameters fail before training."""
+    task.configure_optimizers()
 
 
-def build_loss(cfg: DictConfig) -> Loss:
-    return _method(cfg.loss, "loss", Loss)
+def task_class(task_kind: str):
+    if task_kind == "classify":
+        from lrlab.tasks.classify import ClassifyTask
 
+        return ClassifyTask
+    from lrlab.tasks.causal_lm import CausalLMTask
 
-def check_task(methods: list[Method], task_kind: str) -> None:
-    for method in methods:
-        require(task_kind in method.tasks, method.config_key, method.name,
-                f"supports the {'/'.join(method.tasks)} task, not {task_kind}")
+    return CausalLMTask
 
 
 def build_parts(cfg: DictConfig):
-    """Instantiate data, model, methods, loss and task; shared by `run` and `validate`."""
+    """Instantiate data, model, methods, loss and task; shared by `run` and `validate`. The task
+    keeps the resolved config as its hyperparameters (a checkpoint rebuilds it from them)."""
     model_task, task_kind = cfg.model.get("task"), cfg.data.get("task")
     require(model_task == task_kind, "model", cfg.model._target_,
             f"is a {model_task} model but data is {task_kind}: choose a matching model/data pair")
     datamodule = instantiate_node(cfg.data, "data")
-    model = instantiate_node(cfg.model, "model")
-    methods = build_methods(cfg)
-    loss = build_loss(cfg)
-    check_task([*methods, loss], task_kind)
-    for method in methods:
-        model = method.transform_model(model)
-    args = dict(model=model, loss=loss, methods=methods, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-                scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), total_steps=int(cfg.trainer.max_steps))
-    if task_kind == "classify":
-        from lrlab.tasks.classify import ClassifyTask
-
-        return datamodule, ClassifyTask(**args, num_classes=int(cfg.data.info.num_classes))
-    from lrlab.tasks.causal_lm import CausalLMTask
-
-    return datamodule, CausalLMTask(**args)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return datamodule, task_class(task_kind)(**task_parts(cfg), config=config)

@@ -11,7 +11,12 @@ killed before its next checkpoint) is dropped, because the resumed run logs thos
 - `tensorboard`: a new event file per segment with `purge_step`, so TensorBoard drops the
   orphaned events of the killed segment.
 - `wandb`: offline unless WANDB_MODE=online and an API key are set; the run id is kept in
-  `<save_dir>/wandb_id`, so every segment logs into the same wandb run.
+  `<save_dir>/wandb_id`, so every segment logs into the same wandb run. A job of a multirun is
+  named `<run_name>/<job number> <its overrides>` and grouped by its sweep (`run_name`); a trial
+  of `lrlab sweep` is named and grouped likewise by the sweep.
+
+Every logger receives the run's resolved config as hyperparameters (wandb `config`, TensorBoard
+hparams and `hparams.yaml`, CSV `hparams.yaml`).
 """
 
 import csv as csv_module
@@ -90,15 +95,30 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         self._kwargs["purge_step"] = step
 
 
-def wandb(save_dir: str, project: str, name: str, offline: bool | None = None, **kwargs):
+def wandb(save_dir: str, project: str, name: str, group: str | None = None, offline: bool | None = None, **kwargs):
     """A WandbLogger that runs offline unless WANDB_MODE=online and WANDB_API_KEY is set, and
-    resumes the run id kept in `<save_dir>/wandb_id`."""
+    resumes the run id kept in `<save_dir>/wandb_id`; a multirun job is named after its job and
+    grouped by its sweep unless `group` is given."""
     from lightning.pytorch.loggers import WandbLogger
 
     if offline is None:
         offline = not (os.environ.get("WANDB_MODE") == "online" and os.environ.get("WANDB_API_KEY"))
+    job = multirun_job()
+    if job is not None and group is None:
+        name, group = f"{name}/{job[0]} {job[1]}".strip(), name
     kwargs.setdefault("id", run_id(Path(save_dir)))
-    return WandbLogger(save_dir=save_dir, project=project, name=name, offline=offline, **kwargs)
+    return WandbLogger(save_dir=save_dir, project=project, name=name, group=group, offline=offline, **kwargs)
+
+
+def multirun_job() -> tuple[str, str] | None:
+    """(job number, its overrides as Hydra's override_dirname) inside a Hydra multirun job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    job = HydraConfig.get().job
+    return str(job.num), str(job.override_dirname)
 
 
 def run_id(save_dir: Path) -> str:

@@ -40,6 +40,10 @@ Accounting and export:
   `trainable_params` counts those and every other trainable parameter in full.
 - `export(model) -> model`: undo `transform_model` for export (merge an adapter, densify a
   factorisation); the function stays the same.
+- `export_adapter(model) -> model | None`: the model in an adapter format of its own that loads
+  back onto the untouched base model (a `peft.PeftModel` whose `modules_to_save` hold the modules
+  that trained fully), which `lrlab export` saves with its `save_pretrained`; None (the default):
+  `export` merges it.
 
 The loss is a `Loss` (a method with `forward`): exactly one per run, its own config group.
 
@@ -106,6 +110,9 @@ class Method(nn.Module):
 
     def export(self, model: nn.Module) -> nn.Module:
         return model
+
+    def export_adapter(self, model: nn.Module) -> nn.Module | None:
+        return None
 
     def overrides(self, hook: str) -> bool:
         """True when this method implements `hook` (so the core can skip work nobody asked for)."""

@@ -1,8 +1,25 @@
-"""OmegaConf resolvers the configs use: `${mul:a,b}` (e.g. input width 2p from the modulus p) and
+"""OmegaConf resolvers the configs use: `${mul:a,b}` (e.g. input width 2p from the modulus p),
 `${count_or:list,default}` (the length of a list, or the default when it is null: the number of
-classes kept by `data.classes`)."""
+classes kept by `data.classes`) and `${stamp:FORMAT}` (the default `run_name`: the time, fixed
+once per command in `LRLAB_RUN_STAMP`, so that the pre-check, Hydra and every DDP rank agree
+where the run goes; Hydra's `${now:}` differs between processes)."""
+
+import os
+from datetime import datetime
 
 from omegaconf import OmegaConf
+
+STAMP_VARIABLE = "LRLAB_RUN_STAMP"
+
+
+def freeze_stamp() -> None:
+    """Fix the time that `${stamp:...}` gives for this command (and the processes it starts)."""
+    os.environ[STAMP_VARIABLE] = datetime.now().isoformat(timespec="seconds")
+
+
+def stamp(pattern: str) -> str:
+    frozen = os.environ.get(STAMP_VARIABLE)
+    return (datetime.fromisoformat(frozen) if frozen else datetime.now()).strftime(pattern)
 
 
 def register() -> None:
@@ -10,6 +27,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
     if not OmegaConf.has_resolver("count_or"):
         OmegaConf.register_new_resolver("count_or", lambda items, default: default if items is None else len(items))
+    if not OmegaConf.has_resolver("stamp"):
+        OmegaConf.register_new_resolver("stamp", stamp)
 
 
 register()

@@ -24,7 +24,7 @@ MAY_CHANGE = ("trainer.max_steps", "trainer.max_epochs", "trainer.val_check_inte
               "trainer.check_val_every_n_epoch", "trainer.limit_val_batches", "trainer.log_every_n_steps",
               "trainer.enable_progress_bar", "trainer.num_sanity_val_steps", "trainer.gradient_clip_val",
               "optimizer.lr", "scheduler", "logger", "callbacks", "paths", "run_name", "resume", "ckpt_path",
-              "deterministic")
+              "deterministic", "threads", "objective", "sweep")
 SHOWN_KEYS = 6
 
 

@@ -26,11 +26,12 @@ import os
 import sysconfig
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
+
+from lrlab import parallel
 
 LAYERS, HIDDEN, HEADS = 2, 64, 4
 VOCAB, SEQ_LEN, BATCH = 512, 32, 16  # EVA's incremental SVD needs 16 rows a batch
@@ -156,10 +157,13 @@ def interval_overrides(cfg) -> list[str]:
 def run_one(preset: str, out: Path, corpus: Path, steps: int, resumed_steps: int = 1) -> Result:
     """A straight run of `steps + resumed_steps` steps with a checkpoint at `steps`, then a run
     resumed from that checkpoint for the last `resumed_steps`; `corpus` holds `local_corpus`."""
+    import warnings
+
     from lrlab.data.fetch import fetch
     from lrlab.errors import DataMissingError
     from lrlab.train import compose, run
 
+    warnings.filterwarnings("ignore", message=".*dirpath has changed.*")  # the resumed run's own checkpoint dir
     started = time.perf_counter()
     result = Result(preset, "")
     try:
@@ -213,30 +217,14 @@ def verdict(straight: dict, resumed: dict, out: Path) -> str:
     return f"the resumed weights differ from the straight run's in {differ[0]} (+{len(differ) - 1} more)" if differ else ""
 
 
-def _worker_init(threads: int) -> None:
-    import torch
-
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    torch.set_num_threads(threads)
-    import warnings
-
-    from lrlab.console import quiet_libraries
-
-    quiet_libraries()
-    warnings.filterwarnings("ignore", message=".*dirpath has changed.*")  # the resumed run's own checkpoint dir
-
-
 def run_all(presets: list[str], out: Path, steps: int = 3, jobs: int | None = None, report=print) -> list[Result]:
     """Run `presets` in `jobs` worker processes (each with cores // jobs threads); `report` gets a
     line per preset as it finishes."""
-    cores = os.cpu_count() or 1
-    jobs = max(1, min(jobs or cores, len(presets)))
-    threads = max(1, cores // jobs)
+    jobs = max(1, min(jobs or parallel.cores(), len(presets)))
     corpus = out / "corpus"
     local_corpus(corpus)
     results = []
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads,)) as pool:
+    with parallel.worker_pool(jobs) as pool:
         futures = {pool.submit(run_one, p, out / p.replace("/", "__"), corpus, steps): p for p in presets}
         for future in as_completed(futures):
             result = future.result()

@@ -6,6 +6,15 @@ makes before it writes anything (the CLI calls it for every job before Hydra cre
 bad input, a run dir that holds results or is in use, a resume that would change what is
 trained, an output dir that cannot take a checkpoint. A run dir created by a failed start is
 removed again. The run then holds the dir's lock, writes its records and fits.
+
+`hydra_main` is the Hydra entry point behind `lrlab train` (run dirs, multirun, every Hydra
+flag); its task function `train` returns the run's objective (`objective.metric`'s final value, see
+`lrlab.objective`), so any Hydra sweeper can optimise it. A single run that fails exits at once
+(2: bad input or the file system, 1: training failed). In a multirun a failing job is recorded
+(its summary says "failed" and why; `FAILED` maps its number to the reason and its overrides
+for the one-line summary the CLI prints at the end) and returns the worst value, so the sweep
+goes on; with `objective.on_failure=raise` it raises for sweepers that handle failed jobs.
+Under the `parallel` launcher each job runs with its share of the cores.
 """
 
 import hashlib
@@ -16,38 +25,31 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import hydra
 import lightning as L
 import torch
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lrlab import conf_dir, resolvers  # noqa: F401  (registers ${mul:...})
+from lrlab import conf_dir, objective, parallel, resolvers  # noqa: F401  (resolvers registers ${mul:...}, ${stamp:...})
 from lrlab import resume as resuming
 from lrlab import rundir
-from lrlab.build import build_parts, check_single_choices
+from lrlab.build import build_parts, check_optimizer, compose  # compose: also the public `lrlab.train.compose`
 from lrlab.callbacks import summary as summary_io
 from lrlab.callbacks.checkpoint import AtomicCheckpointIO, CheckpointGuard, NonFiniteStateError, non_finite
 from lrlab.callbacks.interrupt import GracefulInterrupt
 from lrlab.callbacks.memory import PeakMemory
 from lrlab.callbacks.rng import RNGState
 from lrlab.callbacks.resume import ApplyResumeChanges
-from lrlab.callbacks.summary import RunSummary
+from lrlab.callbacks.summary import RunStopped, RunSummary
 from lrlab.callbacks.throughput import Throughput
 from lrlab.errors import ConfigError, require
 from lrlab.instantiate import instantiate_node
 from lrlab.tasks.base import NonFiniteLossError
-from lrlab.validation import check_config, check_structure
+from lrlab.validate import check_config, check_structure
 
-RUN_KEYS = ("paths", "run_name", "resume", "ckpt_path", "hydra", "logger", "callbacks")
-
-
-def compose(overrides: list[str] | tuple = (), run_dir: str | None = None) -> DictConfig:
-    """The composed config, as `lrlab train` would build it; `run_dir` fixes `paths.run_dir`."""
-    check_single_choices(overrides)
-    extra = [f"paths.run_dir={run_dir}"] if run_dir else []
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return hydra_compose("train", overrides=[*overrides, *extra])
+RUN_KEYS = ("paths", "run_name", "resume", "ckpt_path", "hydra", "logger", "callbacks", "threads", "objective", "sweep")
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -63,11 +65,6 @@ def git_sha() -> str:
         if done.returncode == 0:
             return done.stdout.strip()
     return os.environ.get("LRLAB_GIT_SHA", "unknown")
-
-
-def check_optimizer(task) -> None:
-    """Build the optimizer once up front, so its bad hyperparameters fail before training."""
-    task.configure_optimizers()
 
 
 def _progress_bar(cfg: DictConfig) -> bool:
@@ -238,10 +235,13 @@ def prepare(cfg: DictConfig, run_dir: Path, chosen_by: str = "run_name") -> Prep
 
 
 # --- the run --------------------------------------------------------------------------------
-def run(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> dict | None:
+def run(cfg: DictConfig, hydra_cfg: DictConfig | None = None, callbacks: list | tuple = ()) -> dict | None:
     """Train one configuration and return its summary (also written to `summary.json`).
-    `hydra_cfg` (from the CLI) is recorded in `.hydra/` once the run is accepted."""
+    `hydra_cfg` (from the CLI) is recorded in `.hydra/` once the run is accepted; `callbacks`
+    join the trainer's (a sweep's pruning)."""
     run_dir = Path(str(cfg.paths.run_dir))
+    if cfg.get("threads"):
+        parallel.use_threads(int(cfg.threads))
     owner = not launched_rank()
     fresh_dir = not run_dir.exists() or not any(run_dir.iterdir())
     lock = rundir.RunLock(run_dir)
@@ -262,7 +262,7 @@ def run(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> dict | None:
                     "run_name", cfg.run_name, f"{run_dir} already holds a run: pass resume=auto or a new run_name")
             rundir.remove_partials(run_dir)
             rundir.write_records(run_dir, cfg, start.record() if start.ckpt else None, hydra_cfg)
-        return fit(cfg, run_dir, ready.datamodule, ready.task, start)
+        return fit(cfg, run_dir, ready.datamodule, ready.task, start, callbacks)
     except ConfigError:
         if fresh_dir and owner and (lock.held or not (run_dir.exists() and any(run_dir.iterdir()))):
             lock.release()  # a dir this start created, and no other run uses: leave nothing behind
@@ -281,21 +281,23 @@ def resume_changes(cfg: DictConfig, start: resuming.Start) -> ApplyResumeChanges
     return ApplyResumeChanges(lr[1] / lr[0] if lr else 1.0, scheduler, int(cfg.trainer.max_steps))
 
 
-def fit(cfg: DictConfig, run_dir: Path, datamodule, task, start: resuming.Start) -> dict | None:
+def fit(cfg: DictConfig, run_dir: Path, datamodule, task, start: resuming.Start, callbacks=()) -> dict | None:
     info = {"seed": int(cfg.seed), "config_hash": config_hash(cfg), "git_sha": git_sha()}
     throughput, memory = Throughput(), PeakMemory()
     interrupt = GracefulInterrupt(str(run_dir / "checkpoints"))
     summary = RunSummary(str(run_dir), info, throughput, memory, interrupt)
     changes = resume_changes(cfg, start)
     own = [CheckpointGuard(resuming.plain(cfg)), throughput, memory, interrupt, summary, RNGState(),
-           *([changes] if changes else [])]
+           *([changes] if changes else []), *callbacks]
     trainer = build_trainer(cfg, run_dir, own, start.step)
+    for logger in trainer.loggers:  # the experiment: wandb config, TensorBoard hparams, CSV hparams.yaml
+        logger.log_hyperparams(resuming.plain(cfg))
     error = None
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=start.ckpt, weights_only=True)
     except (NonFiniteLossError, NonFiniteStateError, OSError) as err:
         error = err
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunStopped):
         pass
     finally:
         _finish_loggers(trainer)
@@ -358,3 +360,63 @@ def _finish_loggers(trainer: L.Trainer) -> None:
             import wandb
 
             wandb.finish()
+
+
+# --- the Hydra entry -------------------------------------------------------------------------
+FAILED: dict[int, tuple[str, list[str]]] = {}
+
+
+def print_summary(summary: dict, run_dir: str) -> None:
+    rows = [("status", summary["status"]), ("steps", summary["steps"])]
+    rows += [(f"final {k}", f"{v:.4g}") for k, v in summary["metrics"]["final"].items()]
+    rows += [(f"best {k}", f"{v:.4g}") for k, v in summary["metrics"]["best"].items()]
+    rows += [(k.replace("_", " "), f"{v:,.0f}") for k, v in summary["throughput"].items()]
+    rows += [("optimizer state", f"{summary['optimizer_state_bytes'] / 2**20:.2f} MiB"),
+             ("peak memory", f"{summary['peak_memory_bytes'] / 2**20:.0f} MiB"),
+             ("trainable params", f"{summary['trainable_params']:,}"),
+             ("wall time", f"{summary['wall_seconds']:.1f} s"), ("run dir", run_dir)]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+
+def launcher_threads(hydra_cfg: DictConfig) -> int | None:
+    """Each job's share of the cores when the launcher runs several jobs at once (joblib)."""
+    launcher = hydra_cfg.hydra.launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    return parallel.share(parallel.joblib_jobs(int(launcher.get("n_jobs") or -1)))
+
+
+def train(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.instance().cfg
+    multirun = hydra_cfg.hydra.mode == RunMode.MULTIRUN
+    if cfg.get("threads") is None and launcher_threads(hydra_cfg):
+        cfg.threads = launcher_threads(hydra_cfg)  # recorded in config.yaml; `run` applies it
+    goal = cfg.objective
+    try:
+        summary = run(cfg, hydra_cfg)
+    except (ConfigError, TrainingFailed) as err:
+        print(f"error: {err}", file=sys.stderr)
+        if not multirun:
+            sys.exit(err.exit_code if isinstance(err, TrainingFailed) else 2)
+        FAILED[int(hydra_cfg.hydra.job.num)] = (str(err), list(OmegaConf.to_container(hydra_cfg.hydra.overrides.task)))
+        if goal.on_failure == "raise":
+            raise
+        return objective.worst(goal.mode)
+    if summary is None:  # a DDP rank other than 0
+        return None
+    print_summary(summary, str(cfg.paths.run_dir))
+    problem = objective.missing(summary, goal.metric)
+    if problem and multirun:
+        print(f"warning: {problem}; the job returns the worst value", file=sys.stderr)
+    return objective.value(summary, goal.metric, goal.mode)
+
+
+hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(train)
+
+
+if __name__ == "__main__":
+    from lrlab.console import quiet_libraries
+
+    quiet_libraries()
+    hydra_main()

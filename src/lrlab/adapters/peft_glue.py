@@ -18,6 +18,7 @@ initialised classifier `head`) train fully.
 
 import peft
 import torch
+from peft.utils.other import set_additional_trainable_modules
 from torch import nn
 
 from lrlab.adapters.base import Adapter, check_rank, off_identity, targeted
@@ -37,6 +38,20 @@ class PeftAdapter(Adapter):
 
     def export(self, model: nn.Module) -> nn.Module:
         return model.merge_and_unload()
+
+    def export_adapter(self, model: nn.Module) -> nn.Module:
+        return with_modules_to_save(model, self.train_also)
+
+
+def with_modules_to_save(model: peft.PeftModel, train_also: list[str] | None) -> peft.PeftModel:
+    """The PEFT model with the modules that trained fully (`train_also`) as PEFT's
+    `modules_to_save`, holding their trained weights, so `save_pretrained` writes them and
+    `PeftModel.from_pretrained` restores them onto the base model."""
+    if train_also:
+        config = model.peft_config[model.active_adapter]
+        config.modules_to_save = sorted({*(config.modules_to_save or ()), *train_also})
+        set_additional_trainable_modules(model.base_model, config, None, model.active_adapter)
+    return model
 
 
 class LoRA(PeftAdapter):

@@ -1,6 +1,6 @@
 """The run summary: `summary.json` in the run dir, written on completion, failure or interrupt.
 
-Keys (exactly): status, error, metrics, optimizer_state_bytes, optimizer_state_bytes_by_group,
+Keys (exactly): status (completed, failed, interrupted, or pruned by a sweep), error, metrics, optimizer_state_bytes, optimizer_state_bytes_by_group,
 trainable_params, total_params, peak_memory_bytes, throughput, wall_seconds, steps, seed,
 config_hash, git_sha, versions. `metrics` holds `final` and `best` validation values by name;
 `error` is null, or one line saying why the run failed. Metrics and wall time are checkpointed,
@@ -18,7 +18,7 @@ import lightning as L
 import torch
 
 from lrlab.errors import ConfigError
-from lrlab.optim.routing import state_bytes
+from lrlab.optim.state import state_bytes
 from lrlab.rundir import write_text
 
 LOWER_IS_BETTER = ("loss", "ppl", "nll", "ece")
@@ -26,6 +26,15 @@ LOWER_IS_BETTER = ("loss", "ppl", "nll", "ece")
 
 def _better(name: str, new: float, old: float) -> bool:
     return new < old if any(k in name for k in LOWER_IS_BETTER) else new > old
+
+
+class RunStopped(Exception):
+    """Raised by a callback to end a run early under a status of its own (`pruned` by a sweep's
+    pruner); the summary records the status and the reason, and the run ends normally."""
+
+    def __init__(self, status: str, reason: str):
+        self.status = status
+        super().__init__(reason)
 
 
 class RunSummary(L.Callback):
@@ -71,6 +80,9 @@ class RunSummary(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, ConfigError):  # bad input found late: no run happened
+            return
+        if isinstance(exception, RunStopped):
+            self.write(trainer, pl_module, exception.status, str(exception))
             return
         if isinstance(exception, (KeyboardInterrupt, SystemExit)):
             self.write(trainer, pl_module, "interrupted")

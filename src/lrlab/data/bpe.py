@@ -62,6 +62,13 @@ class BPECorpus(LMDataModule):
             stem.with_suffix(".partial.npy").rename(stem.with_suffix(".npy"))
         return np.load(stem.with_suffix(".npy"))
 
+    def hf_tokenizer(self):
+        from transformers import PreTrainedTokenizerFast
+
+        if not self.source_info:
+            self.tokens()
+        return PreTrainedTokenizerFast(tokenizer_file=self.source_info["tokenizer"])
+
 
 def train_bpe(text: str, vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -16,6 +16,10 @@ The GaLore/Fira protocol is `allenai/c4` ("en", field "text") with the `t5-base`
 seq 256 (`data=c4`); the same code reads a local text file (`dataset: text`,
 `data_files: path`), which is how it is tested offline. Rank r of w keeps documents i ≡ r (mod w).
 
+A dataset without the validation split (`val_split`), e.g. local files given as one path or
+without that key in `data_files`, is split: every k-th document of the training split
+(k = round(1 / val_fraction)) is held out for validation, the rest trains.
+
 Resuming a stream cannot seek: the loader's checkpoint state is the number of blocks this
 rank consumed, and a resumed loader skips that many blocks (re-reading, not re-training them).
 """
@@ -42,10 +46,14 @@ def load_tokenizer(name: str):
 
 class PackedStream(IterableDataset):
     def __init__(self, dataset: str, name: str | None, split: str, data_files, text_field: str, tokenizer,
-                 seq_len: int, max_blocks: int | None, pack: bool = True, max_tokens: int | None = None):
+                 seq_len: int, max_blocks: int | None, pack: bool = True, max_tokens: int | None = None,
+                 every: int = 0, held_out: bool = False):
+        """`every` > 0: read only the held-out documents (index ≡ every − 1 mod every) when
+        `held_out`, else only the others."""
         self.dataset, self.name, self.split, self.data_files = dataset, name, split, data_files
         self.text_field, self.tokenizer, self.seq_len, self.max_blocks = text_field, tokenizer, seq_len, max_blocks
         self.pack, self.max_tokens = pack, max_tokens
+        self.every, self.held_out = every, held_out
         self.skip = 0
 
     def documents(self) -> Iterator[str]:
@@ -58,11 +66,15 @@ class PackedStream(IterableDataset):
             raise ConfigError("data.dataset", self.dataset, f"cannot be streamed ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:120]})") from None
         rank, world = _rank_world()
+        kept = 0
         for i, row in enumerate(stream):
             require(self.text_field in row, "data.text_field", self.text_field,
                     f"not a field of {self.dataset}: one of {', '.join(row)}")
-            if i % world == rank and row[self.text_field]:
+            if self.every and (i % self.every == self.every - 1) != self.held_out:
+                continue
+            if kept % world == rank and row[self.text_field]:
                 yield row[self.text_field]
+            kept += 1
 
     def __iter__(self) -> Iterator[dict]:
         produced, tokens, skip = 0, 0, self.skip
@@ -129,14 +141,17 @@ class HFTextStream(L.LightningDataModule):
                  text_field: str = "text", split: str = "train", val_split: str = "validation",
                  data_files: dict | str | None = None, seq_len: int = 256, batch_size: int = 32,
                  val_blocks: int | None = 64, val_tokens: int | None = None, pack: bool = True,
-                 max_train_blocks: int | None = None, num_workers: int = 0, seed: int = 0):
+                 max_train_blocks: int | None = None, num_workers: int = 0, seed: int = 0,
+                 val_fraction: float = 0.05):
         super().__init__()
         require(seq_len > 0, "data.seq_len", seq_len, "must be a positive integer")
         require(batch_size > 0, "data.batch_size", batch_size, "must be a positive integer")
         require(val_blocks is not None or val_tokens is not None, "data.val_blocks", val_blocks,
                 "must be set (a number of rows) when data.val_tokens is null")
         require(val_tokens is None or val_tokens > 0, "data.val_tokens", val_tokens, "must be a positive integer")
+        require(0 < val_fraction <= 0.5, "data.val_fraction", val_fraction, "must be in (0, 0.5]")
         self.pack, self.val_tokens = pack, val_tokens
+        self.val_every = round(1 / val_fraction) if self.lacks_val_split(data_files, val_split) else 0
         self.dataset, self.name, self.text_field = dataset, name, text_field
         self.split, self.val_split, self.data_files = split, val_split, data_files
         self.tokenizer_name, self.vocab_size, self.seq_len = tokenizer, vocab_size, seq_len
@@ -151,9 +166,20 @@ class HFTextStream(L.LightningDataModule):
             require(len(self.tokenizer) <= self.vocab_size, "data.vocab_size", self.vocab_size,
                     f"must be >= the tokenizer's {len(self.tokenizer)} tokens")
 
+    def hf_tokenizer(self):
+        self.setup()
+        return self.tokenizer
+
+    @staticmethod
+    def lacks_val_split(data_files, val_split: str) -> bool:
+        """Local files without a `val_split` entry (one path, a list, or a dict without it)."""
+        return data_files is not None and not (isinstance(data_files, dict) and val_split in data_files)
+
     def _stream(self, split: str, max_blocks: int | None, max_tokens: int | None = None) -> PackedStream:
-        return PackedStream(self.dataset, self.name, split, self.data_files, self.text_field, self.tokenizer,
-                            self.seq_len, max_blocks, self.pack, max_tokens)
+        split_off = self.val_every and split == self.val_split
+        return PackedStream(self.dataset, self.name, self.split if split_off else split, self.data_files,
+                            self.text_field, self.tokenizer, self.seq_len, max_blocks, self.pack, max_tokens,
+                            every=self.val_every, held_out=bool(split_off))
 
     def _consumed_batches(self) -> int:
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready

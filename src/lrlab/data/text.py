@@ -49,6 +49,11 @@ class LMDataModule(BaseDataModule):
     def tokens(self) -> np.ndarray:
         raise NotImplementedError
 
+    def hf_tokenizer(self):
+        """The corpus's tokenizer as a Hugging Face tokenizer (exported with the model); None
+        where the corpus has none."""
+        return None
+
     def build(self):
         tokens = self.tokens()
         if self.max_tokens:
@@ -73,6 +78,9 @@ class StdlibBytes(LMDataModule):
         super().__init__(**kwargs)
         self.max_files = max_files
 
+    def hf_tokenizer(self):
+        return byte_tokenizer()
+
     def tokens(self) -> np.ndarray:
         paths = stdlib_files()[: self.max_files] if self.max_files else stdlib_files()
         digest = hashlib.sha256("\n".join(str(p) for p in paths).encode())
@@ -88,3 +96,30 @@ class StdlibBytes(LMDataModule):
             tmp.rename(cache)
         self.source_info = {"corpus": "python-stdlib", "python": sys.version.split()[0], "key": key}
         return np.fromfile(cache, dtype=np.uint8)
+
+
+def byte_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (Radford et al., 2019, `encoder.py`
+    of openai/gpt-2): printable Latin-1 bytes map to themselves, the rest to 256 + n."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def byte_tokenizer():
+    """A Hugging Face tokenizer whose ids are the text's UTF-8 bytes (id = byte value), as the
+    byte corpora tokenize: byte-level BPE with the 256 byte symbols and no merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {char: byte for byte, char in byte_unicode().items()}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)

@@ -20,17 +20,18 @@ def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
 
-def is_projected(name: str, param: torch.Tensor, target_modules: Sequence[str], exclude: Sequence[str]) -> bool:
-    return (param.ndim == 2 and min(param.shape) > 1 and any(t in name for t in target_modules)
+def is_projected(name: str, param: torch.Tensor, target_modules: Sequence[str] | None, exclude: Sequence[str]) -> bool:
+    return (param.ndim == 2 and min(param.shape) > 1 and (target_modules is None or any(t in name for t in target_modules))
             and not any(x in name for x in exclude))
 
 
 def split_params(
     model: nn.Module,
-    target_modules: Sequence[str] = DEFAULT_TARGETS,
+    target_modules: Sequence[str] | None = DEFAULT_TARGETS,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
 ) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
-    """Return (projected, regular) lists of (name, parameter), trainable parameters only."""
+    """Return (projected, regular) lists of (name, parameter), trainable parameters only;
+    `target_modules=None` projects every eligible matrix."""
     projected, regular = [], []
     for name, p in trainable(model):
         (projected if is_projected(name, p, target_modules, exclude) else regular).append((name, p))
@@ -47,17 +48,20 @@ def decay_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> 
     return [g for g in groups if g["params"]]
 
 
-def state_bytes(optimizer: torch.optim.Optimizer) -> tuple[int, list[int]]:
-    """Exact optimizer-state bytes: total and per param group, summed over state tensors."""
-    by_group = []
-    for group in optimizer.param_groups:
-        n = 0
-        for p in group["params"]:
-            for value in optimizer.state.get(p, {}).values():
-                if torch.is_tensor(value):
-                    n += value.numel() * value.element_size()
-        by_group.append(n)
-    return sum(by_group), by_group
+def lowrank_param_groups(model: nn.Module, rank: int, update_proj_gap: int = 200, scale: float = 0.25,
+                         target_modules: Sequence[str] | None = None, exclude: Sequence[str] = DEFAULT_EXCLUDE,
+                         weight_decay: float = 0.0, **projected) -> list[dict]:
+    """Param groups for `LowRankAdamW` from any module: one projected group (rank, gap, scale and
+    any other projected setting, e.g. `proj_type`, `residual`, `basis`) holding its matrices, then
+    the dense groups (no weight decay on 1-D tensors). `target_modules=None` projects every 2-D
+    weight with both sides > 1 outside `exclude` (embeddings, lm_head, norms); the official GaLore
+    scripts project the attention and MLP linears, `target_modules=("attn", "mlp")`."""
+    matrices, regular = split_params(model, target_modules, exclude)
+    if not matrices:
+        raise ValueError(f"no trainable matrix of {type(model).__name__} matches target_modules={target_modules}")
+    group = {"params": [p for _, p in matrices], "rank": rank, "update_proj_gap": update_proj_gap, "scale": scale,
+             "weight_decay": weight_decay, **projected}
+    return [group, *decay_groups(regular, weight_decay)]
 
 
 def evaluate_closure(closure):

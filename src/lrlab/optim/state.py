@@ -1,4 +1,6 @@
-"""Optimizer state that survives a checkpoint exactly.
+"""Optimizer state: its exact size in bytes, and a checkpoint that restores it exactly.
+
+`state_bytes` sums every state tensor (what the run summary reports per param group).
 
 `torch.optim.Optimizer.load_state_dict` casts every state tensor but `step` to its parameter's
 dtype: integer indices (DCT frequencies, LIFT's selected entries) come back as floats, and fp32
@@ -17,3 +19,16 @@ def restore_saved_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict) -> 
         for key, value in state_dict["state"].get(saved_id, {}).items():
             if torch.is_tensor(value):
                 optimizer.state[p][key] = value.to(device=p.device)
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> tuple[int, list[int]]:
+    """Exact optimizer-state bytes: total and per param group, summed over state tensors."""
+    by_group = []
+    for group in optimizer.param_groups:
+        n = 0
+        for p in group["params"]:
+            for value in optimizer.state.get(p, {}).values():
+                if torch.is_tensor(value):
+                    n += value.numel() * value.element_size()
+        by_group.append(n)
+    return sum(by_group), by_group

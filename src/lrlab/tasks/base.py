@@ -21,13 +21,33 @@ class NonFiniteLossError(RuntimeError):
 
 
 class BaseTask(L.LightningModule):
-    def __init__(self, model: nn.Module, loss: Loss, methods: list[Method], optimizer: dict, scheduler: dict,
-                 total_steps: int):
+    """`config` is the run's resolved config (a plain dict): the task's hyperparameters, stored in
+    every checkpoint, so that `Task.load_from_checkpoint(path)` rebuilds the model, its methods
+    and loss from it (the parts are built from it when not given) and loads the weights."""
+
+    def __init__(self, model: nn.Module | None = None, loss: Loss | None = None, methods: list[Method] = (),
+                 optimizer: dict | None = None, scheduler: dict | None = None, total_steps: int = 1,
+                 config: dict | None = None):
         super().__init__()
+        self.num_classes_from_config = None
+        self.save_hyperparameters({"config": config}, logger=False)
+        if model is None:
+            model, loss, methods, optimizer, scheduler, total_steps = self.parts_from(config)
         self.model = model
         self.loss = loss
         self.methods = nn.ModuleList(methods)
         self.optimizer_cfg, self.scheduler_cfg, self.total_steps = optimizer, scheduler, total_steps
+
+    def parts_from(self, config: dict | None) -> tuple:
+        from omegaconf import OmegaConf
+
+        from lrlab.parts import task_parts
+
+        if config is None:
+            raise TypeError(f"{type(self).__name__} needs a model, or the config to build it from")
+        parts = task_parts(OmegaConf.create(config))
+        self.num_classes_from_config = parts.pop("num_classes", None)
+        return tuple(parts[k] for k in ("model", "loss", "methods", "optimizer", "scheduler", "total_steps"))
 
     def hooked(self, hook: str) -> list[Method]:
         """The methods (and the loss) that implement `hook`."""
@@ -37,8 +57,8 @@ class BaseTask(L.LightningModule):
         """FSDP2 (`trainer=fsdp2`): shard each decoder layer, then the whole model."""
         from lightning.pytorch.strategies import ModelParallelStrategy
 
-        if not isinstance(self.trainer.strategy, ModelParallelStrategy):
-            return
+        if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            return  # no trainer: `load_from_checkpoint` builds the whole model
         from torch.distributed.fsdp import fully_shard
 
         mesh = self.device_mesh["data_parallel"]

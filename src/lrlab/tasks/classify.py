@@ -24,8 +24,9 @@ def find_head(model: nn.Module) -> nn.Module | None:
 class ClassifyTask(BaseTask):
     kind = "classify"
 
-    def __init__(self, *args, num_classes: int, **kwargs):
+    def __init__(self, *args, num_classes: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        num_classes = num_classes or self.num_classes_from_config
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_ece = MulticlassCalibrationError(num_classes, n_bins=15, norm="l1")
         self.val_nll = MeanMetric()
