@@ -146,9 +146,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, own_callbacks: list, resume_st
 
 # --- where a run starts ---------------------------------------------------------------------
 def launched_rank() -> bool:
-    """True in the processes that a `ddp`/`fsdp2` run re-launches for ranks > 0: they train, but
-    rank 0 alone checks and owns the run dir."""
-    return any(int(os.environ.get(name, "0") or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK"))
+    """True in the processes of ranks > 0 (re-launched by `ddp`/`fsdp2`, started by torchrun on
+    any node, or by srun under SLURM): they train, but global rank 0 alone checks and owns the run
+    dir. A node's first process has LOCAL_RANK 0, so the node (GROUP_RANK, NODE_RANK) and global
+    ranks (RANK, SLURM_PROCID) count too."""
+    names = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+    return any(int(os.environ.get(name, "0") or 0) > 0 for name in names)
 
 
 def _config_yaml(run_dir: Path) -> dict | None:
@@ -281,6 +284,14 @@ def resume_changes(cfg: DictConfig, start: resuming.Start) -> ApplyResumeChanges
     return ApplyResumeChanges(lr[1] / lr[0] if lr else 1.0, scheduler, int(cfg.trainer.max_steps))
 
 
+def global_batch_line(cfg: DictConfig, processes: int) -> str:
+    """`data.batch_size` is per process (Lightning's convention): the samples of one optimizer step
+    are that × processes × accumulated micro-batches."""
+    per_process, accumulate = int(cfg.data.batch_size), int(cfg.trainer.get("accumulate_grad_batches") or 1)
+    return (f"global batch: {per_process * processes * accumulate} = data.batch_size {per_process} × {processes} "
+            f"process{'es' if processes > 1 else ''} × {accumulate} accumulated")
+
+
 def fit(cfg: DictConfig, run_dir: Path, datamodule, task, start: resuming.Start) -> dict | None:
     info = {"seed": int(cfg.seed), "config_hash": config_hash(cfg), "git_sha": git_sha()}
     throughput, memory = Throughput(), PeakMemory()
@@ -290,6 +301,8 @@ def fit(cfg: DictConfig, run_dir: Path, datamodule, task, start: resuming.Start)
     own = [CheckpointGuard(resuming.plain(cfg)), throughput, memory, interrupt, summary, RNGState(),
            *([changes] if changes else [])]
     trainer = build_trainer(cfg, run_dir, own, start.step)
+    if trainer.is_global_zero:
+        print(global_batch_line(cfg, trainer.world_size), flush=True)
     error = None
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=start.ckpt, weights_only=True)

@@ -6,6 +6,7 @@ goes on; `FAILED` collects (job number, reason) for the one-line summary the CLI
 end.
 """
 
+import os
 import sys
 
 import hydra
@@ -48,8 +49,19 @@ def hydra_main(cfg: DictConfig) -> None:
         print_summary(summary, str(cfg.paths.run_dir))
 
 
+def check_torchrun_run_name(argv: list[str]) -> None:
+    """torchrun starts each rank on its own clock, so `run_name`'s default (the time) could give
+    each rank its own run dir: under torchrun the run must be named."""
+    named = any(arg.startswith(("run_name=", "hydra.run.dir=")) for arg in argv)
+    if os.environ.get("TORCHELASTIC_RUN_ID") and not named:
+        print("error: run_name=(the time): under torchrun every rank must write the same run dir: pass run_name=NAME",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     from lrlab.console import quiet_libraries
 
+    check_torchrun_run_name(sys.argv[1:])
     quiet_libraries()
     hydra_main()

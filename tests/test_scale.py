@@ -1,0 +1,66 @@
+"""Launching at scale: torchrun, the global batch, SLURM (simulated on CPU)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+DIGITS_SMOKE = ["experiment=baseline/digits_mlp_adamw", "debug=smoke", "logger=none"]
+
+
+def env(**extra):
+    return {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1", **extra}
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_hydra_entry_on_two_cpu_processes(tmp_path):
+    """`torchrun --nproc_per_node=2 -m lrlab.train_entry trainer=ddp ...`: one run dir, one
+    report, and the global batch is data.batch_size × 2."""
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m",
+                           "lrlab.train_entry", *DIGITS_SMOKE, "trainer=ddp", "trainer.accelerator=cpu",
+                           "data.batch_size=8", "run_name=tr"], cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "outputs" / "runs" / "tr" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 6
+    assert done.stdout.count("status") == 1
+    assert "global batch: 16 = data.batch_size 8 × 2 processes × 1 accumulated" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "outputs" / "runs").iterdir()) == ["tr"]
+
+
+def test_torchrun_without_run_name_is_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lrlab.train_entry", *DIGITS_SMOKE], cwd=tmp_path,
+                          env=env(TORCHELASTIC_RUN_ID="x"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().startswith("error: run_name=")
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "outputs").exists()
+
+
+def test_single_process_prints_its_global_batch(make_cfg, capsys):
+    from lrlab.train import run
+
+    run(make_cfg(*DIGITS_SMOKE, "data.batch_size=4", "trainer.accumulate_grad_batches=3"))
+    assert "global batch: 12 = data.batch_size 4 × 1 process × 3 accumulated" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_each_write_one_run(tmp_path):
+    """`trainer.num_nodes=2`: two torchrun launches (node ranks 0 and 1) form one run; only
+    global rank 0 owns the run dir (node 1's first process has LOCAL_RANK 0 too)."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}", "-m",
+                               "lrlab.train_entry", *DIGITS_SMOKE, "trainer=ddp", "trainer.accelerator=cpu",
+                               "trainer.devices=1", "trainer.num_nodes=2", "data.batch_size=8", "run_name=nodes"],
+                              cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert "global batch: 16 = data.batch_size 8 × 2 processes" in outputs[0][0]
+    summary = json.loads((tmp_path / "outputs" / "runs" / "nodes" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 6
