@@ -53,6 +53,13 @@ EVENTS = {
 }
 # A case's variant that isolates what holds exactly: (the case, the overrides added).
 VARIANTS = {"adapter/ba_lora_per_sample": ("adapter/ba_lora", ["adapter.lambda2=0", "adapter.lambda3=0"])}
+# FSDP2 (`trainer=fsdp2` shards llama's decoder layers): the projection optimizers on llama_tiny.
+LLAMA = ["model=llama_tiny", "data=stdlib_bytes", "data.seq_len=32", "data.max_tokens=20000", "trainer.gradient_clip_val=0", *COMMON]
+PROJECTION = ["optimizer.rank=8", "optimizer.update_proj_gap=2"]
+# The projection optimizers on llama's attention and MLP weights, under DDP and under FSDP2 (which
+# shards llama's decoder layers); AdamW as the reference of each.
+FSDP2_CASES = {f"{strategy}/{name}": [*LLAMA, f"optimizer={name}", *(PROJECTION if name != "adamw" else [])]
+               for strategy in ("llama", "fsdp2") for name in ("adamw", "galore", "fira", "dct")}
 # Projection optimizers select weights by module name: the MLP's hidden linears are `body.*`.
 TARGETS = {"galore", "fira", "dct", "lowrank_reset", "frugal", "frugal_svd"}
 
@@ -67,7 +74,12 @@ class Probe(L.Callback):
 
     @staticmethod
     def logits(task) -> torch.Tensor:
-        x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+        """On every rank (an FSDP2 forward gathers the weights from all of them)."""
+        generator = torch.Generator().manual_seed(0)
+        if hasattr(getattr(task.model, "config", None), "vocab_size"):  # a language model
+            x = torch.randint(0, task.model.config.vocab_size, (4, 32), generator=generator)
+        else:
+            x = torch.randn(64, 64, generator=generator)
         with torch.no_grad():
             return task.model(x.to(task.device))["logits"].float().cpu()
 
@@ -75,8 +87,9 @@ class Probe(L.Callback):
         self.start = self.logits(task)
 
     def on_train_end(self, trainer, task):
+        end = self.logits(task)
         if trainer.is_global_zero:
-            torch.save({"start": self.start, "end": self.logits(task)}, self.path)
+            torch.save({"start": self.start, "end": end}, self.path)
 
 
 def conf_root() -> Path:
@@ -100,13 +113,14 @@ def cases() -> dict[str, list[str]]:
             found[f"{group}/{name}"] = [setting, choice, *extra, *COMMON]
     for name, (base, extra) in VARIANTS.items():
         found[name] = [*found[base], *extra]
-    return found
+    return {**found, **FSDP2_CASES}
 
 
 def run_case(case: str, out: Path, batch_size: int, ddp: bool) -> None:
     from lrlab.train import compose, run
 
-    trainer = ["trainer=ddp", "trainer.accelerator=cpu"] if ddp else []
+    strategy = "fsdp2" if case.startswith("fsdp2/") else "ddp"
+    trainer = [f"trainer={strategy}", "trainer.accelerator=cpu"] if ddp else []
     run_dir = out / case.replace("/", "-")
     probe = [f"+callbacks.probe._target_={__name__}.Probe", f"+callbacks.probe.path={run_dir}/probe.pt"]
     cfg = compose([*cases()[case], *trainer, *probe, f"data.batch_size={batch_size}"], run_dir=str(run_dir))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 DIGITS_SMOKE = ["experiment=baseline/digits_mlp_adamw", "debug=smoke", "logger=none"]
 
@@ -64,3 +65,33 @@ def test_two_nodes_of_one_process_each_write_one_run(tmp_path):
     assert "global batch: 16 = data.batch_size 8 × 2 processes" in outputs[0][0]
     summary = json.loads((tmp_path / "outputs" / "runs" / "nodes" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 6
+
+
+def lrlab(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "lrlab.cli", "train", *args], cwd=cwd, env=env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["dct"])
+def test_fsdp2_resume_between_refreshes_matches_straight(tmp_path, optimizer):
+    """FSDP2 on 2 processes: 8 steps straight == 4 steps, then the step-4 checkpoint + 4 (T = 3,
+    so the resume falls between refreshes, and DCT's integer indices travel). The checkpoint is
+    one file (gathered from the shards on save) that `torch.load(weights_only=True)` reads."""
+    common = ["model=llama_tiny", "data.seq_len=32", "data.max_tokens=20000", "logger=none", "trainer=fsdp2",
+              "trainer.accelerator=cpu", "trainer.max_steps=8", "trainer.val_check_interval=4",
+              "trainer.limit_val_batches=1", f"optimizer={optimizer}", "optimizer.rank=8",
+              "optimizer.update_proj_gap=3", "callbacks.checkpoint.every_n_train_steps=4",
+              "callbacks.checkpoint.save_top_k=-1"]
+    done = lrlab(*common, "run_name=straight", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = tmp_path / "outputs" / "runs"
+    mid = runs / "straight" / "checkpoints" / "step000004.ckpt"
+    done = lrlab(*common, f"ckpt_path={mid}", "run_name=resumed", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    straight, resumed = (torch.load(runs / name / "checkpoints" / "last.ckpt", weights_only=True)
+                         for name in ("straight", "resumed"))
+    assert resumed["global_step"] == straight["global_step"] == 8
+    assert all(torch.equal(straight["state_dict"][k], resumed["state_dict"][k]) for k in straight["state_dict"])
+    first = next(iter(straight["optimizer_states"][0]["state"].values()))
+    assert first["exp_avg"].shape[0] == 128 or first["exp_avg"].shape[1] == 128  # whole, not one shard's rows

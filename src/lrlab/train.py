@@ -96,14 +96,22 @@ def apply_determinism(cfg: DictConfig) -> None:
 
 
 # --- the trainer ----------------------------------------------------------------------------
+def fsdp2_strategy(devices, num_nodes: int):
+    """Every process shards the model (one data-parallel dimension over all of them). Lightning's
+    default splits the mesh into data parallel over nodes × tensor parallel within a node, which
+    with no tensor-parallel plan leaves the ranks of a node training apart."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    processes = devices * num_nodes if isinstance(devices, int) and devices > 0 else "auto"
+    return ModelParallelStrategy(data_parallel_size=processes, tensor_parallel_size=1, save_distributed_checkpoint=False)
+
+
 def trainer_kwargs(cfg: DictConfig) -> dict:
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
               if k != "enable_progress_bar"}
     strategy = kwargs.pop("strategy", "auto")
     if strategy == "fsdp2":
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
-        strategy = ModelParallelStrategy()
+        strategy = fsdp2_strategy(kwargs.get("devices"), kwargs.get("num_nodes") or 1)
     else:
         kwargs["plugins"] = [AtomicCheckpointIO()]
     return {**kwargs, "strategy": strategy, "deterministic": determinism(cfg), "use_distributed_sampler": False,

@@ -53,7 +53,7 @@ from collections.abc import Callable
 import torch
 
 from lrlab.errors import require
-from lrlab.optim import projector
+from lrlab.optim import projector, sharded
 from lrlab.optim.projector import BASES, DCT_VARIANTS, SIDES
 from lrlab.optim.state import restore_saved_dtypes
 from lrlab.optim.routing import DEFAULT_TARGETS, decay_groups, evaluate_closure, split_params
@@ -244,7 +244,14 @@ def _add_back(p: torch.Tensor, low: torch.Tensor, left, right, alpha: float) -> 
 
 
 def _projected_step(p: torch.Tensor, state: dict, group: dict) -> None:
-    grad = p.grad.float()  # the gradient itself when it is fp32
+    if sharded.is_sharded(p):  # FSDP2: the same rule on the gathered gradient (sharded.py)
+        sharded.sharded_step(p, state, group, _projected_update)
+    else:
+        _projected_update(p, p.grad.float(), state, group)  # the gradient itself when it is fp32
+
+
+def _projected_update(p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
+    """Add the step of `grad` into `p` (the weight, or a zero buffer for a sharded weight)."""
     state.setdefault("step", 0)
     if state["step"] % group["update_proj_gap"] == 0:
         _refresh(p, state, grad, group)
