@@ -56,10 +56,17 @@ VARIANTS = {"adapter/ba_lora_per_sample": ("adapter/ba_lora", ["adapter.lambda2=
 # FSDP2 (`trainer=fsdp2` shards llama's decoder layers): the projection optimizers on llama_tiny.
 LLAMA = ["model=llama_tiny", "data=stdlib_bytes", "data.seq_len=32", "data.max_tokens=20000", "trainer.gradient_clip_val=0", *COMMON]
 PROJECTION = ["optimizer.rank=8", "optimizer.update_proj_gap=2"]
-# The projection optimizers on llama's attention and MLP weights, under DDP and under FSDP2 (which
-# shards llama's decoder layers); AdamW as the reference of each.
-FSDP2_CASES = {f"{strategy}/{name}": [*LLAMA, f"optimizer={name}", *(PROJECTION if name != "adamw" else [])]
-               for strategy in ("llama", "fsdp2") for name in ("adamw", "galore", "fira", "dct")}
+# FSDP2 (`trainer=fsdp2` shards llama's decoder layers): AdamW and the projection optimizers on
+# llama's attention and MLP weights.
+FSDP2_CASES = {f"fsdp2/{name}": [*LLAMA, f"optimizer={name}", *(PROJECTION if name != "adamw" else [])]
+               for name in ("adamw", "galore", "fira", "dct")}
+# The methods that declare they work under FSDP2 (`Method.shardable`), on llama under FSDP2.
+FSDP2_METHODS = {"adapter": ["lora", "rslora", "dora", "pissa", "miss", "svfit", "allora"],
+                 "parametrization": ["lowrank", "sltrain", "weight_norm"]}
+FSDP2_EVENTS = {"lowrank": ["parametrization.rank=8", "parametrization.refactorize_every=2"],
+                "sltrain": ["parametrization.rank=8", "parametrization.refactorize_every=2"]}
+FSDP2_CASES.update({f"fsdp2/{group}-{name}": [*LLAMA, f"{group}={name}", *FSDP2_EVENTS.get(name, [])]
+                    for group, names in FSDP2_METHODS.items() for name in names})
 # Projection optimizers select weights by module name: the MLP's hidden linears are `body.*`.
 TARGETS = {"galore", "fira", "dct", "lowrank_reset", "frugal", "frugal_svd"}
 

@@ -95,3 +95,37 @@ def test_fsdp2_resume_between_refreshes_matches_straight(tmp_path, optimizer):
     assert all(torch.equal(straight["state_dict"][k], resumed["state_dict"][k]) for k in straight["state_dict"])
     first = next(iter(straight["optimizer_states"][0]["state"].values()))
     assert first["exp_avg"].shape[0] == 128 or first["exp_avg"].shape[1] == 128  # whole, not one shard's rows
+
+
+def test_every_method_is_verified_under_fsdp2_or_refused():
+    """No method runs silently wrong under FSDP2: each one for language models is either among
+    those whose 2-process FSDP2 run equals one process (tests/test_data_parallel.py) or declares
+    `shardable = False`, which `trainer=fsdp2` refuses."""
+    from ddp_cases import FSDP2_METHODS, conf_root
+    from lrlab.build import build_loss, build_methods, check_strategy
+    from lrlab.errors import ConfigError
+    from lrlab.train import compose
+
+    unverified = []
+    for group in ("adapter", "parametrization", "regularizer", "loss"):
+        for path in sorted((conf_root() / group).glob("*.yaml")):
+            if path.stem in ("none", "cross_entropy"):
+                continue
+            cfg = compose([f"{group}={path.stem}"], run_dir="unused")
+            built = build_loss(cfg) if group == "loss" else build_methods(cfg)[0]
+            if "causal_lm" not in built.tasks:
+                continue
+            if not built.shardable:
+                with pytest.raises(ConfigError, match="trainer=fsdp2"):
+                    check_strategy([built], "fsdp2")
+                check_strategy([built], "ddp")
+            elif path.stem not in FSDP2_METHODS.get(group, []):
+                unverified.append(f"{group}={path.stem}")
+    assert unverified == []
+
+
+def test_fsdp2_refuses_a_method_it_cannot_shard_in_one_line(cli, tmp_path):
+    code, _, err = cli("train", "model=llama_tiny", "adapter=lift", "trainer=fsdp2", "trainer.accelerator=cpu",
+                       "logger=none", "run_name=refused")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "trainer=fsdp2" in err and "adapter" in err
+    assert not (tmp_path / "outputs" / "runs" / "refused").exists()

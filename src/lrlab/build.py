@@ -55,6 +55,14 @@ def check_task(methods: list[Method], task_kind: str) -> None:
                 f"supports the {'/'.join(method.tasks)} task, not {task_kind}")
 
 
+def check_strategy(methods: list[Method], strategy: str) -> None:
+    if strategy != "fsdp2":
+        return
+    for method in methods:
+        require(method.shardable, method.config_key, method.name,
+                "holds whole-weight state that FSDP2 cannot shard: use trainer=ddp (trainer=fsdp2 refuses it)")
+
+
 def build_parts(cfg: DictConfig):
     """Instantiate data, model, methods, loss and task; shared by `run` and `validate`."""
     model_task, task_kind = cfg.model.get("task"), cfg.data.get("task")
@@ -65,6 +73,7 @@ def build_parts(cfg: DictConfig):
     methods = build_methods(cfg)
     loss = build_loss(cfg)
     check_task([*methods, loss], task_kind)
+    check_strategy([*methods, loss], cfg.trainer.get("strategy"))
     for method in methods:
         model = method.transform_model(model)
     args = dict(model=model, loss=loss, methods=methods, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),

@@ -157,6 +157,7 @@ def layers(model: nn.Module) -> list[IncreLoRALinear]:
 
 
 class IncreLoRA(Adapter):
+    shardable = False  # FSDP2: rank masks and scores over whole weights
     def __init__(self, target_modules=None, init_r: int = 1, target_r: int = 8, max_r: int = 16, alpha: float = 16.0,
                  interval: int = 1000, top_h: int = 6, warmup: int = 1000, beta1: float = 0.85, beta2: float = 0.85,
                  orth_reg_weight: float = 0.1, advance_learning: bool = True, scale: str = "current_rank",
