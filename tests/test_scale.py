@@ -129,3 +129,57 @@ def test_fsdp2_refuses_a_method_it_cannot_shard_in_one_line(cli, tmp_path):
                        "logger=none", "run_name=refused")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "trainer=fsdp2" in err and "adapter" in err
     assert not (tmp_path / "outputs" / "runs" / "refused").exists()
+
+
+def test_slurm_launcher_preset_composes_with_the_trainer():
+    from hydra import compose, initialize_config_dir
+
+    from lrlab import conf_dir
+
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True,
+                      overrides=["hydra/launcher=slurm", "trainer=fsdp2", "trainer.num_nodes=2", "trainer.devices=4",
+                                 "hydra.launcher.partition=gpu", "hydra.launcher.account=proj",
+                                 "hydra.launcher.timeout_min=60"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert (launcher.partition, launcher.account, launcher.timeout_min) == ("gpu", "proj", 60)
+    assert launcher.max_num_timeout == 0 and launcher.signal_delay_s > 0
+
+
+SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "lrlab",
+         "SLURM_NODELIST": "127.0.0.1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+
+
+@pytest.mark.slow
+def test_slurm_signal_checkpoints_requeues_and_resume_continues(tmp_path):
+    """SLURM's SIGUSR1 before the time limit: the step finishes, last.ckpt is saved, the job is
+    requeued (a stand-in `scontrol` records the call), and the requeued command (the same one,
+    with resume=auto) continues to max_steps."""
+    import signal
+    import time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = env(**SLURM, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    args = [sys.executable, "-m", "lrlab.cli", "train", "experiment=baseline/digits_mlp_adamw", "logger=csv",
+            "run_name=slurm", "resume=auto", "trainer.max_steps=3000", "trainer.val_check_interval=50"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "outputs" / "runs" / "slurm"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "csv" / "metrics.csv").exists():
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted", err[-2000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    stopped_at = summary["steps"]
+    assert 0 < stopped_at < 3000
+    done = subprocess.run(args, cwd=tmp_path, env=slurm, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["status"] == "completed" and resumed["steps"] == 3000
