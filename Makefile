@@ -39,6 +39,7 @@ train: install
 bench: install
 	$(BIN)/python scripts/bench_runner.py
 	$(BIN)/python scripts/bench_optimizers.py
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_ddp.py
 
 clean:
 	rm -rf $(VENV) outputs build dist
