@@ -34,6 +34,11 @@ Groups without `rank` get the same Adam math unprojected (AdamW inside the same 
 with fp32 moments also for bf16 parameters. FRUGAL's block-wise variant (`frugal.py`) is a
 subclass that adds groups with `density`.
 
+Under FSDP2 (`trainer=fsdp2`) a projected weight's gradient is gathered from its row shards and
+the step above is taken whole on every rank (`sharded.py`): one all-gather of the m·n gradient per
+projected weight and step, as much again as FSDP2's reduce-scatter of it; the projector and
+moments are replicated, and each rank adds its rows of the update.
+
 State holds only tensors and ints. `load_state_dict` restores every state tensor with the dtype
 it was saved in (torch would cast it to the parameter's: int64 DCT indices to floats, fp32
 moments of bf16 weights through bf16). The step makes no host synchronisation: no tensor is
