@@ -56,15 +56,17 @@ VARIANTS = {"adapter/ba_lora_per_sample": ("adapter/ba_lora", ["adapter.lambda2=
 # FSDP2 (`trainer=fsdp2` shards llama's decoder layers): the projection optimizers on llama_tiny.
 LLAMA = ["model=llama_tiny", "data=stdlib_bytes", "data.seq_len=32", "data.max_tokens=20000", "trainer.gradient_clip_val=0", *COMMON]
 PROJECTION = ["optimizer.rank=8", "optimizer.update_proj_gap=2"]
-# FSDP2 (`trainer=fsdp2` shards llama's decoder layers): AdamW and the projection optimizers on
-# llama's attention and MLP weights.
-FSDP2_CASES = {f"fsdp2/{name}": [*LLAMA, f"optimizer={name}", *(PROJECTION if name != "adamw" else [])]
-               for name in ("adamw", "galore", "fira", "dct")}
+# FSDP2 (`trainer=fsdp2` shards llama's decoder layers): every optimizer on llama (the projection
+# optimizers on its attention and MLP weights).
+FSDP2_EVENTS = {"galore": PROJECTION, "fira": PROJECTION, "dct": PROJECTION, "frugal_svd": PROJECTION,
+                "lowrank_reset": PROJECTION, "frugal": ["optimizer.update_proj_gap=2"],
+                "lowrank": ["parametrization.rank=8", "parametrization.refactorize_every=2"],
+                "sltrain": ["parametrization.rank=8", "parametrization.refactorize_every=2"]}
+FSDP2_CASES = {f"fsdp2/{path.stem}": [*LLAMA, f"optimizer={path.stem}", *FSDP2_EVENTS.get(path.stem, [])]
+               for path in sorted((Path(__file__).parents[1] / "conf" / "optimizer").glob("*.yaml"))}
 # The methods that declare they work under FSDP2 (`Method.shardable`), on llama under FSDP2.
 FSDP2_METHODS = {"adapter": ["lora", "rslora", "dora", "pissa", "miss", "svfit", "allora"],
                  "parametrization": ["lowrank", "sltrain", "weight_norm"]}
-FSDP2_EVENTS = {"lowrank": ["parametrization.rank=8", "parametrization.refactorize_every=2"],
-                "sltrain": ["parametrization.rank=8", "parametrization.refactorize_every=2"]}
 FSDP2_CASES.update({f"fsdp2/{group}-{name}": [*LLAMA, f"{group}={name}", *FSDP2_EVENTS.get(name, [])]
                     for group, names in FSDP2_METHODS.items() for name in names})
 # Projection optimizers select weights by module name: the MLP's hidden linears are `body.*`.
