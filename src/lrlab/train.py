@@ -112,8 +112,7 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
     strategy = kwargs.pop("strategy", "auto")
     if strategy == "fsdp2":
         strategy = fsdp2_strategy(kwargs.get("devices"), kwargs.get("num_nodes") or 1)
-    else:
-        kwargs["plugins"] = [AtomicCheckpointIO()]
+    kwargs["plugins"] = [AtomicCheckpointIO()]  # FSDP2 too: its consolidated file is written by rank 0 through it
     return {**kwargs, "strategy": strategy, "deterministic": determinism(cfg), "use_distributed_sampler": False,
             "enable_model_summary": False}
 
