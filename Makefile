@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python scripts/bench_runner.py
 	$(BIN)/python scripts/bench_optimizers.py
 	$(BIN)/python scripts/bench_parallel.py
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_ddp.py
 
 mutation: dev  ## mutation testing (config: [tool.mutmut] in pyproject.toml); MUTANTS='lrlab.optim.*' narrows it
 	$(BIN)/python -m pip install -q $(MUTMUT)

@@ -40,6 +40,14 @@ def check_task(methods: list[Method], task_kind: str) -> None:
                 f"supports the {'/'.join(method.tasks)} task, not {task_kind}")
 
 
+def check_strategy(methods: list[Method], strategy: str | None) -> None:
+    if strategy != "fsdp2":
+        return
+    for method in methods:
+        require(method.shardable, method.config_key, method.name,
+                "holds whole-weight state that FSDP2 cannot shard: use trainer=ddp (trainer=fsdp2 refuses it)")
+
+
 def task_parts(cfg: DictConfig) -> dict:
     """The task's parts: the model transformed by its methods, the methods, the loss, the
     optimizer and schedule settings (the task's constructor arguments)."""
@@ -47,6 +55,7 @@ def task_parts(cfg: DictConfig) -> dict:
     methods = build_methods(cfg)
     loss = build_loss(cfg)
     check_task([*methods, loss], cfg.data.get("task"))
+    check_strategy([*methods, loss], (cfg.get("trainer") or {}).get("strategy"))
     for method in methods:
         model = method.transform_model(model)
     parts = dict(model=model, loss=loss, methods=methods, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),

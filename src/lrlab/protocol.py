@@ -8,6 +8,10 @@ method overrides only what it needs. In the order a run calls them:
 Build (before the Trainer exists; `lrlab validate` runs this part too):
 - `tasks`: the task kinds the method supports (`classify`, `causal_lm`). Any other is refused
   with one line before anything is written.
+- `shardable`: whether the method works when FSDP2 (`trainer=fsdp2`) replaces the model's
+  parameters by row-sharded DTensors after the method is built. False for a method that keeps
+  references to the parameters or tensors shaped like whole weights (masks, frozen copies) or
+  takes a whole weight's SVD in its hooks: `trainer=fsdp2` refuses it with one line at start.
 - `transform_model(model) -> model`: wrap or rewrite the model (an adapter's layers, a
   reparametrisation such as weight norm). Applied in config order: parametrization, adapter,
   regularizers; `requires_grad` says what trains afterwards.
@@ -69,6 +73,7 @@ TASKS = ("classify", "causal_lm")
 
 class Method(nn.Module):
     tasks: tuple[str, ...] = TASKS
+    shardable: bool = True
 
     def __init__(self):
         super().__init__()

@@ -93,16 +93,23 @@ def apply_determinism(cfg: DictConfig) -> None:
 
 
 # --- the trainer ----------------------------------------------------------------------------
+def fsdp2_strategy(devices, num_nodes: int):
+    """Every process shards the model (one data-parallel dimension over all of them). Lightning's
+    default splits the mesh into data parallel over nodes × tensor parallel within a node, which
+    with no tensor-parallel plan leaves the ranks of a node training apart."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    processes = devices * num_nodes if isinstance(devices, int) and devices > 0 else "auto"
+    return ModelParallelStrategy(data_parallel_size=processes, tensor_parallel_size=1, save_distributed_checkpoint=False)
+
+
 def trainer_kwargs(cfg: DictConfig) -> dict:
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
               if k != "enable_progress_bar"}
     strategy = kwargs.pop("strategy", "auto")
     if strategy == "fsdp2":
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
-        strategy = ModelParallelStrategy()
-    else:
-        kwargs["plugins"] = [AtomicCheckpointIO()]
+        strategy = fsdp2_strategy(kwargs.get("devices"), kwargs.get("num_nodes") or 1)
+    kwargs["plugins"] = [AtomicCheckpointIO()]  # FSDP2 too: its consolidated file is written by rank 0 through it
     return {**kwargs, "strategy": strategy, "deterministic": determinism(cfg), "use_distributed_sampler": False,
             "enable_model_summary": False}
 
@@ -143,9 +150,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, own_callbacks: list, resume_st
 
 # --- where a run starts ---------------------------------------------------------------------
 def launched_rank() -> bool:
-    """True in the processes that a `ddp`/`fsdp2` run re-launches for ranks > 0: they train, but
-    rank 0 alone checks and owns the run dir."""
-    return any(int(os.environ.get(name, "0") or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK"))
+    """True in the processes of ranks > 0 (re-launched by `ddp`/`fsdp2`, started by torchrun on
+    any node, or by srun under SLURM): they train, but global rank 0 alone checks and owns the run
+    dir. A node's first process has LOCAL_RANK 0, so the node (GROUP_RANK, NODE_RANK) and global
+    ranks (RANK, SLURM_PROCID) count too."""
+    names = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+    return any(int(os.environ.get(name, "0") or 0) > 0 for name in names)
 
 
 def _config_yaml(run_dir: Path) -> dict | None:
@@ -281,6 +291,14 @@ def resume_changes(cfg: DictConfig, start: resuming.Start) -> ApplyResumeChanges
     return ApplyResumeChanges(lr[1] / lr[0] if lr else 1.0, scheduler, int(cfg.trainer.max_steps))
 
 
+def global_batch_line(cfg: DictConfig, processes: int) -> str:
+    """`data.batch_size` is per process (Lightning's convention): the samples of one optimizer step
+    are that × processes × accumulated micro-batches."""
+    per_process, accumulate = int(cfg.data.batch_size), int(cfg.trainer.get("accumulate_grad_batches") or 1)
+    return (f"global batch: {per_process * processes * accumulate} = data.batch_size {per_process} × {processes} "
+            f"process{'es' if processes > 1 else ''} × {accumulate} accumulated")
+
+
 def fit(cfg: DictConfig, run_dir: Path, datamodule, task, start: resuming.Start, callbacks=()) -> dict | None:
     info = {"seed": int(cfg.seed), "config_hash": config_hash(cfg), "git_sha": git_sha()}
     throughput, memory = Throughput(), PeakMemory()
@@ -292,6 +310,8 @@ def fit(cfg: DictConfig, run_dir: Path, datamodule, task, start: resuming.Start,
     trainer = build_trainer(cfg, run_dir, own, start.step)
     for logger in trainer.loggers:  # the experiment: wandb config, TensorBoard hparams, CSV hparams.yaml
         logger.log_hyperparams(resuming.plain(cfg))
+    if trainer.is_global_zero:
+        print(global_batch_line(cfg, trainer.world_size), flush=True)
     error = None
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=start.ckpt, weights_only=True)
@@ -415,8 +435,19 @@ def train(cfg: DictConfig) -> float | None:
 hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(train)
 
 
+def check_torchrun_run_name(argv: list[str]) -> None:
+    """torchrun starts each rank on its own clock, so `run_name`'s default (the time) could give
+    each rank its own run dir: under torchrun the run must be named."""
+    named = any(arg.startswith(("run_name=", "hydra.run.dir=")) for arg in argv)
+    if os.environ.get("TORCHELASTIC_RUN_ID") and not named:
+        print("error: run_name=(the time): under torchrun every rank must write the same run dir: pass run_name=NAME",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     from lrlab.console import quiet_libraries
 
+    check_torchrun_run_name(sys.argv[1:])
     quiet_libraries()
     hydra_main()

@@ -85,6 +85,7 @@ def pretrained_logits(task, batch: dict, initial: dict[str, torch.Tensor]) -> to
 
 class BALoRA(LoRA):
     """PiSSA LoRA whose `loss_term` is lambda1 * consistency + lambda2 * diversity + lambda3 * svd."""
+    shardable = False  # FSDP2: its frozen pass swaps in whole-shape copies of the parameters
 
     def __init__(self, target_modules=None, r: int = 8, alpha: float | None = None, dropout: float = 0.0,
                  lambda1: float = 1e-4, lambda2: float = 3e-4, lambda3: float = 1e-4, k: int = 3, train_also=None):

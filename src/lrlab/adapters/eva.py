@@ -64,6 +64,7 @@ class Bounded:
 
 
 class EVA(Adapter):
+    shardable = False  # FSDP2: its data-driven init hooks whole layers before sharding
     def __init__(self, target_modules=None, r: int = 8, alpha: float = 16.0, dropout: float = 0.0, rho: float = 2.0,
                  tau: float = 0.99, max_init_batches: int = 1000, train_also=None):
         super().__init__(target_modules, train_also)

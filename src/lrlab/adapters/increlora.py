@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrlab.adapters.base import Adapter, check_rank, merge_modules, off_identity, replace_linears, targeted
+from lrlab.distributed import mean_over_ranks, world_size
 from lrlab.errors import require
 
 INIT_STD = 0.02
@@ -104,7 +105,12 @@ class IncreLoRALinear(nn.Module):
         return F.linear(x, self.base.weight + delta, self.base.bias)
 
     def _record(self, delta: torch.Tensor, grad: torch.Tensor) -> None:
-        self.score = (delta * grad).abs().sum() / math.sqrt(delta.numel())
+        weighted = delta * grad
+        if world_size() > 1:
+            # the global batch's dW ⊙ ∂L/∂dW is the ranks' mean (their gradients average): one
+            # all-reduce of an out × in matrix per layer and step, so every rank grows the same layers
+            weighted = mean_over_ranks(weighted)
+        self.score = weighted.abs().sum() / math.sqrt(weighted.numel())
 
     def update_importance(self, beta1: float, beta2: float) -> None:
         score = self.score.to(self.sensitivity.device)
@@ -151,6 +157,7 @@ def layers(model: nn.Module) -> list[IncreLoRALinear]:
 
 
 class IncreLoRA(Adapter):
+    shardable = False  # FSDP2: rank masks and scores over whole weights
     def __init__(self, target_modules=None, init_r: int = 1, target_r: int = 8, max_r: int = 16, alpha: float = 16.0,
                  interval: int = 1000, top_h: int = 6, warmup: int = 1000, beta1: float = 0.85, beta2: float = 0.85,
                  orth_reg_weight: float = 0.1, advance_learning: bool = True, scale: str = "current_rank",

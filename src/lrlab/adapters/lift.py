@@ -103,6 +103,7 @@ ADAMW_KEYS = ("lr", "betas", "eps", "weight_decay")
 
 
 class LIFT(Adapter):
+    shardable = False  # FSDP2: masks and its optimizer keyed to whole weights
     def __init__(self, target_modules=None, lora_rank: int = 8, filter_rank: int = 8, select: str = "principal",
                  refresh_every: int = 100, train_also=None):
         super().__init__(target_modules, train_also)

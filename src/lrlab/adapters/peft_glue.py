@@ -70,6 +70,7 @@ class LoRA(PeftAdapter):
 
 
 class AdaLoRA(PeftAdapter):
+    shardable = False  # FSDP2: PEFT's rank allocator masks whole parameters in place
     def __init__(self, total_steps: int, target_modules=None, init_r: int = 12, target_r: int = 8,
                  alpha: float = 32.0, dropout: float = 0.0, tinit: int = 0, tfinal: int = 0, delta_t: int = 1,
                  beta1: float = 0.85, beta2: float = 0.85, orth_reg_weight: float = 0.5, train_also=None):

@@ -59,6 +59,7 @@ def penalised_layer(seed: int, step: int, candidates: int) -> int:
 
 
 class SaRA(Adapter):
+    shardable = False  # FSDP2: masks shaped like whole weights
     def __init__(self, target_modules=None, threshold: float = 2e-3, nuclear_weight: float = 5e-4,
                  penalty: str = "masked_weight", penalty_min_side: int = 64, schedule: str = "progressive",
                  progressive_iter: int | None = None, reselect_every: int = 100, seed: int = 0, train_also=None):

@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from lrlab.distributed import gather_rows
 from lrlab.errors import require
 from lrlab.protocol import Loss, weighted_mean
 
@@ -49,6 +50,8 @@ class PSKD(Loss):
         previous = torch.where(self.seen[index, None], self.predictions[index], onehot)
         alpha = self.alpha(task.current_epoch, self.total_epochs(task))
         target = (1 - alpha) * onehot + alpha * previous
-        self.predictions[index] = logits.detach().softmax(-1)
+        rows = logits.detach().softmax(-1)
+        index, rows = gather_rows(index, rows) if logits.requires_grad else (index, rows)  # every rank holds every row
+        self.predictions[index] = rows
         self.seen[index] = True
         return weighted_mean(-(target * logits.log_softmax(-1)).sum(1), weights)

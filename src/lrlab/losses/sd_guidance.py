@@ -12,6 +12,7 @@ single-run form of self-distillation; before a sample's first visit the target i
 import torch
 import torch.nn.functional as F
 
+from lrlab.distributed import gather_rows
 from lrlab.errors import require
 from lrlab.protocol import Loss, weighted_mean
 
@@ -39,6 +40,8 @@ class GuidedSelfDistillation(Loss):
     def forward(self, outputs: dict, batch: dict, task, weights: torch.Tensor | None = None) -> torch.Tensor:
         logits, index = outputs["logits"].float(), batch["index"]
         target = self.target(batch["y"], self.teacher[index], self.seen[index])
-        self.teacher[index] = (logits.detach() / self.temperature).softmax(-1)
+        rows = (logits.detach() / self.temperature).softmax(-1)
+        index, rows = gather_rows(index, rows) if logits.requires_grad else (index, rows)
+        self.teacher[index] = rows
         self.seen[index] = True
         return weighted_mean(-(target * logits.log_softmax(-1)).sum(1), weights)

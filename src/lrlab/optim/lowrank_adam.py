@@ -34,6 +34,11 @@ Groups without `rank` get the same Adam math unprojected (AdamW inside the same 
 with fp32 moments also for bf16 parameters. FRUGAL's block-wise variant (`frugal.py`) is a
 subclass that adds groups with `density`.
 
+Under FSDP2 (`trainer=fsdp2`) a projected weight's gradient is gathered from its row shards and
+the step above is taken whole on every rank (`sharded.py`): one all-gather of the m·n gradient per
+projected weight and step, as much again as FSDP2's reduce-scatter of it; the projector and
+moments are replicated, and each rank adds its rows of the update.
+
 State holds only tensors and ints. `load_state_dict` restores every state tensor with the dtype
 it was saved in (torch would cast it to the parameter's: int64 DCT indices to floats, fp32
 moments of bf16 weights through bf16). The step makes no host synchronisation: no tensor is
@@ -53,7 +58,7 @@ from collections.abc import Callable
 import torch
 
 from lrlab.errors import require
-from lrlab.optim import projector
+from lrlab.optim import projector, sharded
 from lrlab.optim.projector import BASES, DCT_VARIANTS, SIDES
 from lrlab.optim.state import restore_saved_dtypes
 from lrlab.optim.routing import DEFAULT_TARGETS, decay_groups, evaluate_closure, split_params
@@ -244,7 +249,14 @@ def _add_back(p: torch.Tensor, low: torch.Tensor, left, right, alpha: float) -> 
 
 
 def _projected_step(p: torch.Tensor, state: dict, group: dict) -> None:
-    grad = p.grad.float()  # the gradient itself when it is fp32
+    if sharded.is_sharded(p):  # FSDP2: the same rule on the gathered gradient (sharded.py)
+        sharded.sharded_step(p, state, group, _projected_update)
+    else:
+        _projected_update(p, p.grad.float(), state, group)  # the gradient itself when it is fp32
+
+
+def _projected_update(p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
+    """Add the step of `grad` into `p` (the weight, or a zero buffer for a sharded weight)."""
     state.setdefault("step", 0)
     if state["step"] % group["update_proj_gap"] == 0:
         _refresh(p, state, grad, group)

@@ -50,6 +50,7 @@ class ChannelSparseLowRankLayer(Factorized):
 
 
 class LOST(LowRank):
+    shardable = False  # FSDP2: transposed (non-contiguous) factors FSDP2 cannot shard
     def __init__(self, rank: int = 128, channel_fraction: float = 0.03, refactorize_every: int = 0,
                  reset_optimizer: bool = True, rewarm_steps: int = 10, rewarm_start: float = 1e-3,
                  target_modules=None, exclude=DEFAULT_EXCLUDE):

@@ -72,6 +72,7 @@ class OrderedLayer(Factorized):
 
 
 class Maestro(Parametrization):
+    shardable = False  # FSDP2: transposed (non-contiguous) factors FSDP2 cannot shard
     def __init__(self, sampler: str = "per_layer", group_lasso: float = 5e-3, threshold: float = 1e-5,
                  prune_every: int = 0, seed: int = 0, target_modules=None, exclude=DEFAULT_EXCLUDE):
         super().__init__(target_modules, exclude)

@@ -86,6 +86,7 @@ class _TeacherCall(nn.Module):
 
 
 class PELA(Parametrization):
+    shardable = False  # FSDP2: transposed (non-contiguous) factors FSDP2 cannot shard
     def __init__(self, compression_ratio: float = 2.0, rank: int | None = None, feature_weight: float = 1.0,
                  logit_weight: float = 0.0, perturbation_weight: float = 0.0, perturbation_eps: float = 1e-3, feature_modules=None,
                  init_from: str | None = None, target_modules=None, exclude=DEFAULT_EXCLUDE):

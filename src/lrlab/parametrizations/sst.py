@@ -97,6 +97,7 @@ class SpectralLayer(MatrixLayer):
 
 
 class SST(Parametrization):
+    shardable = False  # FSDP2: whole-weight SVD and sampled singular vectors
     def __init__(self, rank: int = 128, resample_every: int = 200, resvd_every: int = 200,
                  enhanced_gradient: bool = True, seed: int = 0, target_modules=None, exclude=DEFAULT_EXCLUDE):
         super().__init__(target_modules, exclude)

@@ -25,6 +25,7 @@ from lrlab.parametrizations.base import DEFAULT_EXCLUDE, Parametrization, energy
 
 
 class TRP(Parametrization):
+    shardable = False  # FSDP2: a whole-weight SVD truncation in its hooks
     def __init__(self, energy: float = 0.9, period: int = 1, project: bool = True, nuclear_weight: float = 3e-4,
                  target_modules=None, exclude=DEFAULT_EXCLUDE):
         super().__init__(target_modules, exclude)

@@ -12,6 +12,7 @@ updates the rows of its own samples; the checkpoint holds rank 0's copy.
 
 import torch
 
+from lrlab.distributed import gather_rows
 from lrlab.errors import require
 from lrlab.protocol import Method
 
@@ -34,5 +35,9 @@ class ELR(Method):
         probs = outputs["logits"].float().softmax(-1).clamp(1e-4, 1 - 1e-4)
         index = batch["index"]
         seen = probs.detach()
-        self.targets[index] = self.beta * self.targets[index] + (1 - self.beta) * seen / seen.sum(1, keepdim=True)
+        rows = self.beta * self.targets[index] + (1 - self.beta) * seen / seen.sum(1, keepdim=True)
+        self.targets[index] = rows
+        if probs.requires_grad:  # training: every rank writes every rank's rows, so that all hold the single-process targets
+            every_index, every_row = gather_rows(index, rows)
+            self.targets[every_index] = every_row
         return self.weight * torch.log(1 - (self.targets[index] * probs).sum(1)).mean()

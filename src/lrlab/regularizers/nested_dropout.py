@@ -3,7 +3,10 @@ Chen et al. 2021, "Boosting Co-teaching with Compression Regularization").
 
 In training, keep h[:, :k] and zero the rest, with k drawn from p(k) ∝ exp(−(k/σ)²),
 k = 1..D (σ = 10). One k per batch by default (`per_sample: true` draws one per sample). It adds
-no loss term.
+no loss term. The draws come from a generator seeded by (`seed`, the number of batches drawn so
+far), not from the global random stream: under data parallelism every rank draws the global
+batch's truncations and keeps its own (the loader deals the global batch round-robin), so any
+number of processes trains as one; the count travels in the checkpoint.
 
 Evaluation, as the official code (yingyichen-cyy/Nested-Co-teaching at 4c9b59f,
 `nested/train_resnet.py` `TestNested`, `nested/test.py`): the classifier is evaluated with every
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from lrlab.callbacks.dynamics import predict
+from lrlab.data.loader import _rank_world
 from lrlab.errors import require
 from lrlab.protocol import Method
 from lrlab.tasks.classify import find_head
@@ -31,10 +35,17 @@ TIE_BREAK = 1e-5  # the official penalty per extra feature when choosing k
 class NestedDropout(Method):
     tasks = ("classify",)
 
-    def __init__(self, sigma: float = 10.0, per_sample: bool = False):
+    def __init__(self, sigma: float = 10.0, per_sample: bool = False, seed: int = 0):
         super().__init__()
         require(sigma > 0, "regularizer.nested_dropout.sigma", sigma, "must be > 0")
-        self.sigma, self.per_sample = sigma, per_sample
+        self.sigma, self.per_sample, self.seed = sigma, per_sample, int(seed)
+        self.batches_drawn = 0
+
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor(self.batches_drawn)  # a host count: reading it never waits for a device
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.batches_drawn = int(state)
 
     def distribution(self, width: int) -> torch.Tensor:
         k = torch.arange(1, width + 1, dtype=torch.float64)
@@ -43,8 +54,14 @@ class NestedDropout(Method):
 
     def transform_features(self, features: torch.Tensor) -> torch.Tensor:
         width = features.shape[1]
-        draws = features.shape[0] if self.per_sample else 1
-        keep = torch.multinomial(self.distribution(width), draws, replacement=True).to(features.device) + 1
+        rank, world = _rank_world()
+        draws = features.shape[0] * world if self.per_sample else 1
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batches_drawn)
+        self.batches_drawn += 1
+        keep = torch.multinomial(self.distribution(width), draws, replacement=True, generator=generator)
+        if self.per_sample:
+            keep = keep[rank::world]
+        keep = keep.to(features.device) + 1
         mask = torch.arange(width, device=features.device)[None, :] < keep[:, None]
         return features * mask.to(features.dtype)
 

@@ -23,6 +23,7 @@ def nuclear_norms(model: nn.Module) -> list[torch.Tensor]:
 
 
 class NuclearNorm(Method):
+    shardable = False  # FSDP2: a whole-weight SVD in its loss term
     def __init__(self, weight: float = 3e-4, every: int = 1):
         super().__init__()
         require(isinstance(every, int) and every >= 1, "regularizer.nuclear.every", every, "must be an integer >= 1")
