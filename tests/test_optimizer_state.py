@@ -123,7 +123,7 @@ def test_host_sync_counter_sees_the_syncs_it_names():
     assert syncs.calls == ["__float__", "item", "__bool__", "tensor"]
 
 
-@pytest.mark.parametrize("config", ["galore_dct", "fira", "frugal", "frugal_svd", "lowrank_reset"])
+@pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_the_step_makes_no_host_sync(config):
     """Over 2T steps with refreshes and resets (the DCT refresh included; SVD/eigh/QR refreshes check
     their result on the host inside torch.linalg, which this counter does not see)."""

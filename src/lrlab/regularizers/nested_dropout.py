@@ -36,15 +36,16 @@ class NestedDropout(Method):
         require(sigma > 0, "regularizer.nested_dropout.sigma", sigma, "must be > 0")
         self.sigma, self.per_sample = sigma, per_sample
 
-    def distribution(self, width: int) -> torch.Tensor:
-        k = torch.arange(1, width + 1, dtype=torch.float64)
+    def distribution(self, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        k = torch.arange(1, width + 1, dtype=torch.float64, device=device)
         weights = torch.exp(-((k / self.sigma) ** 2))
         return (weights / weights.sum()).float()
 
     def transform_features(self, features: torch.Tensor) -> torch.Tensor:
+        """k is drawn on the features' device (its generator), so no value crosses to or from the host."""
         width = features.shape[1]
         draws = features.shape[0] if self.per_sample else 1
-        keep = torch.multinomial(self.distribution(width), draws, replacement=True).to(features.device) + 1
+        keep = torch.multinomial(self.distribution(width, features.device), draws, replacement=True) + 1
         mask = torch.arange(width, device=features.device)[None, :] < keep[:, None]
         return features * mask.to(features.dtype)
 
