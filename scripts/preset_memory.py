@@ -2,16 +2,19 @@
 micro-batch that fits one 80 GB GPU while keeping the paper's global batch (512 × 256 tokens).
 
 For each preset (its model, parametrization, optimizer and precision as composed), the model is
-built with 1 and 2 decoder layers at full width and trained one step on 1 and 2 sequences of
-256 tokens; `lrlab.probes.LiveBytes` measures the peak of the tensors the forward and backward
-pass allocate (activations, logits, gradients, bf16 weight copies under bf16-mixed), and the
-weights and optimizer state are summed after the step. Each part is linear in the layer count
-and the activations in the micro-batch, so the four runs give
+built with 1 and 2 decoder layers at full width and runs its forward pass and loss on 1 and 2
+sequences of 256 tokens; `lrlab.probes.LiveBytes` measures the peak of what they allocate
+(activations kept for the backward pass, logits and the fp32 loss, bf16 weight copies under
+bf16-mixed). One optimizer step (on zero gradients, with a random basis instead of an SVD: the
+same state shapes and dtypes) gives the state. Each part is linear in the layer count and the
+activations in the micro-batch, so at the preset's L layers and micro-batch B
 
-    peak(L, B) = weights(L) + optimizer state(L) + forward/backward(L, 1) + (B - 1) · per sequence(L)
+    peak = weights + gradients + optimizer state + forward(L, 1) + (B - 1) · per sequence(L)
+           + B · seq_len · vocab · (4 + logits' bytes)     (the logits' gradient, fp32 and cast)
 
-at the preset's L layers. The micro-batch is the largest power of two whose estimate stays under
-the budget (72 GiB of 80: CUDA context, allocator fragmentation and the step's transients).
+counting every gradient as alive beside every activation (in the backward pass they are not
+yet: an upper bound). The micro-batch is the largest power of two whose estimate stays under the
+budget (72 GiB of 80: CUDA context, allocator fragmentation and the step's transients).
 bf16-mixed runs under CPU autocast (the same bf16 matmuls as on a GPU); attention is SDPA's fused
 kernel on both (no T×T matrix is kept).
 
@@ -77,20 +80,22 @@ def measure(preset: str, layers: int, sequences: int, checkpointing: bool) -> di
                 else contextlib.nullcontext())
     key = (OmegaConf.to_yaml(cfg.model), OmegaConf.to_yaml(cfg.get("parametrization") or {}),
            OmegaConf.to_yaml(cfg.get("adapter") or {}), precision, layers, sequences)
-    if key in PASSES:
-        for p in model.parameters():
-            if p.requires_grad:
-                p.grad = torch.zeros_like(p)
-    else:
+    if key not in PASSES:
         with LiveBytes() as live:
             with autocast:
                 logits = model(input_ids=tokens).logits
-            causal_lm_cross_entropy(logits, tokens).backward()
+            causal_lm_cross_entropy(logits, tokens)
+            PASSES[key] = (live.peak, logits.element_size())
             del logits
-        PASSES[key] = live.peak
+    trained = [p for p in model.parameters() if p.requires_grad]
+    for p in trained:
+        p.grad = torch.zeros_like(p)
     optimizer.step()
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    return {"weights": weights, "state": state_bytes(optimizer)[0], "pass": PASSES[key], "precision": precision,
+    grads = sum(p.numel() * p.element_size() for p in trained)
+    logits_grad = seq_len * vocab * (4 + PASSES[key][1])
+    return {"weights": weights + grads, "state": state_bytes(optimizer)[0], "pass": PASSES[key][0],
+            "logits_grad": logits_grad, "precision": precision,
             "layers": int(compose(preset_overrides(preset)).model.num_hidden_layers)}
 
 
@@ -99,20 +104,22 @@ def linear(at1: float, at2: float, x: int) -> float:
 
 
 def estimate(preset: str, checkpointing: bool) -> dict:
-    runs = {(l, b): measure(preset, l, b, checkpointing) for l in (1, 2) for b in (1, 2)}  # state: from b = 1
+    runs = {(l, b): measure(preset, l, b, checkpointing) for l in (1, 2) for b in (1, 2)}
     layers = runs[1, 1]["layers"]
     weights = linear(runs[1, 1]["weights"], runs[2, 1]["weights"], layers)
     state = linear(runs[1, 1]["state"], runs[2, 1]["state"], layers)
     one = linear(runs[1, 1]["pass"], runs[2, 1]["pass"], layers)
     per_sequence = linear(runs[1, 2]["pass"] - runs[1, 1]["pass"], runs[2, 2]["pass"] - runs[2, 1]["pass"], layers)
 
+    logits_grad = runs[1, 1]["logits_grad"]
+
     def peak(batch: int) -> float:
-        return (weights + state + one + (batch - 1) * per_sequence) / GIB
+        return (weights + state + one + (batch - 1) * per_sequence + batch * logits_grad) / GIB
 
     fitting = [b for b in (2**k for k in range(10)) if b <= GLOBAL_BATCH and peak(b) <= BUDGET_GIB]
     batch = max(fitting) if fitting else 0
     return {"precision": runs[1, 1]["precision"], "layers": layers, "weights": weights / GIB, "state": state / GIB,
-            "per_sequence": per_sequence / 2**20, "batch": batch, "accumulate": GLOBAL_BATCH // batch if batch else 0,
+            "per_sequence": (per_sequence + logits_grad) / 2**20, "batch": batch, "accumulate": GLOBAL_BATCH // batch if batch else 0,
             "peak": peak(batch) if batch else float("nan"), "full_batch": peak(GLOBAL_BATCH)}
 
 
@@ -122,7 +129,7 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpointing", action="store_true", help="with model.activation_checkpointing=true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    print(f"{'preset':34} {'precision':10} {'L':>3} {'weights':>8} {'state':>7} {'MiB/seq':>8} {'512 rows':>9} "
+    print(f"{'preset':34} {'precision':10} {'L':>3} {'w+grads':>8} {'state':>7} {'MiB/seq':>8} {'512 rows':>9} "
           f"{'micro':>6} {'accum':>6} {'peak GiB':>9} {'s':>5}")
     for preset in args.presets or paper_presets():
         start = time.perf_counter()
