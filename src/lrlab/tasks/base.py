@@ -137,7 +137,8 @@ class BaseTask(L.LightningModule):
             raise NonFiniteLossError(step, float(self.first_bad_loss))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.global_step % self.trainer.log_every_n_steps == 0 or self.global_step >= self.trainer.max_steps:
+        every = self.trainer.log_every_n_steps
+        if every and self.global_step % every == 0:
             self.check_losses()
 
     def on_validation_start(self) -> None:
