@@ -14,9 +14,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from lrlab.optim.projector import BASES
+from lrlab.probes import HostSyncs
 from lrlab.train import compose
 from conftest import TwoLayer
 
@@ -107,25 +107,6 @@ def test_state_loads_back_bit_for_bit_with_its_dtypes(config):
                 assert type(loaded[key]) is type(value) and loaded[key] == value, key
 
 
-class HostSyncs(TorchFunctionMode):
-    """Counts the tensor operations that make a GPU wait for the host or the host for the GPU:
-    reading a value back (item, float, int, bool, tolist, cpu, numpy) or building a tensor from host
-    data (torch.tensor / as_tensor, a blocking host-to-device copy on a GPU)."""
-
-    SYNCING = {torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__bool__,
-               torch.Tensor.__index__, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy, torch.tensor,
-               torch.as_tensor}
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self.SYNCING:
-            self.calls.append(func.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 def test_host_sync_counter_sees_the_syncs_it_names():
     t = torch.ones(())
     with HostSyncs() as syncs:
@@ -134,7 +115,7 @@ def test_host_sync_counter_sees_the_syncs_it_names():
     assert syncs.calls == ["__float__", "item", "__bool__", "tensor"]
 
 
-@pytest.mark.parametrize("config", ["galore_dct", "fira", "frugal", "frugal_svd", "lowrank_reset"])
+@pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_the_step_makes_no_host_sync(config):
     """Over 2T steps with refreshes and resets (the DCT refresh included; SVD/eigh/QR refreshes check
     their result on the host inside torch.linalg, which this counter does not see)."""

@@ -25,10 +25,10 @@ def test_a_paper_preset_shrinks_its_model_swaps_hub_data_and_runs_on_a_cpu(tmp_p
     overrides, swaps = smoke.miniature(compose([f"experiment={preset}"], run_dir="x"), smoke.choices(preset),
                                        tmp_path / "corpus")
     assert {"model.num_hidden_layers=2", "model.hidden_size=64", "model.num_attention_heads=4",
-            "data.dataset=text", "data.vocab_size=512", "trainer.accelerator=cpu", "optimizer.update_proj_gap=2",
-            "optimizer.rank=8"} <= set(overrides)
+            "data.dataset=text", "data.vocab_size=512", "data.num_workers=0", "trainer.accelerator=cpu",
+            "optimizer.update_proj_gap=2", "optimizer.rank=8"} <= set(overrides)
     assert swaps == ["llama_1b → 2 layers × 64", "c4 → stdlib text (same HF stream), local BPE tokenizer (512)",
-                     "trainer gpu → 1 CPU device"]
+                     "4 loader workers → 0", "trainer gpu → 1 CPU device"]
     cfg = compose([f"experiment={preset}", *overrides], run_dir="x")
     assert cfg.model.hidden_size % cfg.model.num_attention_heads == 0 and cfg.trainer.precision == "bf16-true"
 

@@ -119,6 +119,9 @@ def miniature(cfg, choice: dict[str, str], corpus: Path) -> tuple[list[str], lis
         overrides += ["data.dataset=text", "data.name=null", f"data.tokenizer={tok}", f"data.vocab_size={VOCAB}",
                       f"++data.data_files={{train:'{train}',validation:'{val}'}}", "data.val_blocks=8"]
         swaps.append(f"{choice['data']} → stdlib text (same HF stream), local BPE tokenizer ({VOCAB})")
+        if data.get("num_workers"):
+            overrides.append("data.num_workers=0")  # one local file: one reader
+            swaps.append(f"{data.num_workers} loader workers → 0")
     for key, value in (("seq_len", SEQ_LEN), ("max_length", SEQ_LEN), ("batch_size", BATCH)):
         if key in data and data[key] is not None and int(data[key]) > value:
             overrides.append(f"data.{key}={value}")

@@ -319,11 +319,24 @@ def fit(cfg: DictConfig, run_dir: Path, datamodule, task, start: resuming.Start,
         error = err
     except (KeyboardInterrupt, RunStopped):
         pass
+    except Exception:
+        error = diverged(task)  # e.g. a projection's SVD of the NaN gradients a diverged loss left
+        if error is None:
+            raise
     finally:
         _finish_loggers(trainer)
     if error is not None:
         raise stopped(error, run_dir, trainer.is_global_zero)
     return summary_io.read(run_dir) if trainer.is_global_zero else None
+
+
+def diverged(task) -> NonFiniteLossError | None:
+    """The non-finite loss the task recorded, if any (the loss check reads it back periodically)."""
+    try:
+        task.check_losses()
+    except NonFiniteLossError as err:
+        return err
+    return None
 
 
 class TrainingFailed(RuntimeError):

@@ -75,15 +75,16 @@ class IncreLoRALinear(nn.Module):
         self.lora_E = nn.Parameter(torch.zeros(max_r))
         self.lora_B = nn.Parameter(torch.randn(base.out_features, max_r) * INIT_STD)
         self.register_buffer("active", torch.arange(max_r) < init_r)
+        self.rank = init_r  # active ranks, kept on the host (reading `active` would wait for the device)
         self.register_buffer("reserve", torch.zeros(max_r, dtype=torch.bool))
         self.register_buffer("sensitivity", torch.zeros(()))
         self.register_buffer("uncertainty", torch.zeros(()))
         self.score = torch.zeros(())
         self.set_reserve(reserve_r)
 
-    @property
-    def rank(self) -> int:
-        return int(self.active.sum())
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.rank, self.reserve_rows = int(self.active.sum()), int(self.reserve.sum())
 
     def scaling(self) -> torch.Tensor | float:
         """α / (active ranks + 1e-5) (`current_rank`, official) or α / target_r (`target_rank`)."""
@@ -117,8 +118,8 @@ class IncreLoRALinear(nn.Module):
         self.sensitivity.mul_(beta1).add_((1 - beta1) * score)
         self.uncertainty.mul_(beta2).add_((1 - beta2) * (score - self.sensitivity).abs())
 
-    def importance(self) -> float:
-        return float(self.sensitivity * self.uncertainty)
+    def importance(self) -> torch.Tensor:
+        return self.sensitivity * self.uncertainty
 
     @torch.no_grad()
     def add_ranks(self, count: int, reserve_r: int) -> None:
@@ -127,20 +128,22 @@ class IncreLoRALinear(nn.Module):
         new = slice(self.rank, self.rank + count)
         self.lora_E[new] = torch.where(self.reserve[new], ADVANCE_LAMBDA, self.lora_E[new])
         self.active[new] = True
+        self.rank += count
         self.set_reserve(reserve_r)
 
     def set_reserve(self, reserve_r: int) -> None:
         self.reserve.zero_()
         self.reserve[self.rank:self.rank + reserve_r] = True
+        self.reserve_rows = min(reserve_r, self.lora_E.numel() - self.rank)
 
     def orthogonality(self) -> torch.Tensor:
-        q, p = self.lora_A[self.active], self.lora_B[:, self.active]
+        q, p = self.lora_A[:self.rank], self.lora_B[:, :self.rank]  # the active ranks are the prefix
         return off_identity(q @ q.T) + off_identity(p.T @ p)
 
     def active_entries(self, prefix: str) -> dict[str, int]:
         """Trainable entries of each factor (by parameter name under `prefix`): the active ranks',
         and the P and Q rows of the reserve ranks."""
-        rows = self.rank + int(self.reserve.sum())
+        rows = self.rank + self.reserve_rows
         return {f"{prefix}.lora_A": rows * self.base.in_features, f"{prefix}.lora_E": self.rank,
                 f"{prefix}.lora_B": self.base.out_features * rows}
 
@@ -203,7 +206,11 @@ class IncreLoRA(Adapter):
 
     def grow(self, adapted: list[IncreLoRALinear]) -> None:
         eligible = [layer for layer in adapted if layer.rank < layer.lora_E.numel()]
-        for layer in sorted(eligible, key=IncreLoRALinear.importance, reverse=True)[:self.top_h]:
+        if not eligible:
+            return
+        scores = torch.stack([layer.importance() for layer in eligible]).tolist()  # one host read per growth
+        ranked = [layer for _, layer in sorted(zip(scores, eligible), key=lambda pair: pair[0], reverse=True)]
+        for layer in ranked[:self.top_h]:
             count = min(self.ranks_per_growth, layer.lora_E.numel() - layer.rank, self.budget_left(adapted))
             if count > 0:
                 layer.add_ranks(count, self.reserve_r)

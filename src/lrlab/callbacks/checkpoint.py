@@ -70,6 +70,8 @@ class CheckpointGuard(L.Callback):
         self.config = config
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if hasattr(pl_module, "check_losses"):
+            pl_module.check_losses()  # a diverged loss is named before the state it left
         bad = non_finite(checkpoint)
         if bad:
             raise NonFiniteStateError(int(checkpoint["global_step"]), bad)

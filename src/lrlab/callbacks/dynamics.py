@@ -121,14 +121,15 @@ class RankMe(_SplitMetric):
 class Spectra(L.Callback):
     def __init__(self, path: str | None = None):
         self.path = Path(path) if path else None
-        self.grads: dict[str, torch.Tensor] = {}
+        self.grad_spectra: dict[str, torch.Tensor] = {}
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         interval = trainer.val_check_interval
         if isinstance(interval, int) and (trainer.global_step + 1) % interval:
             return  # keep only the gradient of the step right before a validation
-        self.grads = {n: p.grad.detach().float().cpu().clone() for n, p in pl_module.model.named_parameters()
-                          if p.grad is not None and p.ndim == 2}
+        with torch.no_grad():  # singular values on the device: no gradient is copied to the host
+            self.grad_spectra = {n: torch.linalg.svdvals(p.grad.detach().double())
+                          for n, p in pl_module.model.named_parameters() if p.grad is not None and p.ndim == 2}
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
@@ -138,9 +139,10 @@ class Spectra(L.Callback):
             if weight.ndim != 2:
                 continue
             row = {"layer": name}
-            for kind, matrix in (("weight", weight.detach().float().cpu()), ("grad", self.grads.get(name))):
-                if matrix is not None:
-                    singular = torch.linalg.svdvals(matrix.double())
+            grad = self.grad_spectra.get(name)
+            for kind, singular in (("weight", torch.linalg.svdvals(weight.detach().double()).cpu()),
+                                   ("grad", None if grad is None else grad.cpu())):
+                if singular is not None:
                     row[f"{kind}_nuclear"], row[f"{kind}_erank"] = float(singular.sum()), effective_rank(singular)
             rows.append(row)
         for key in ("weight_erank", "grad_erank", "weight_nuclear", "grad_nuclear"):

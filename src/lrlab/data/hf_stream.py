@@ -14,21 +14,32 @@ row that reaches the count included; GaLore and Fira evaluate on 10M tokens, che
 
 The GaLore/Fira protocol is `allenai/c4` ("en", field "text") with the `t5-base` tokenizer at
 seq 256 (`data=c4`); the same code reads a local text file (`dataset: text`,
-`data_files: path`), which is how it is tested offline. Rank r of w keeps documents i ≡ r (mod w).
+`data_files: path`), which is how it is tested offline.
+
+Readers: rank r of w keeps documents i ≡ r (mod w) of what its reader sees. With `num_workers`
+= n > 0 loader workers, tokenizing runs in the workers, beside the training process; the loader
+takes batch j from worker j mod n, and worker k reads the files k, k + n, ... of the dataset
+(`IterableDataset.shard(n, k, contiguous=False)`), so no document is read twice and none is left
+out; n may not exceed the number of files (C4 "en": 1024 train files).
 
 A dataset without the validation split (`val_split`), e.g. local files given as one path or
 without that key in `data_files`, is split: every k-th document of the training split
-(k = round(1 / val_fraction)) is held out for validation, the rest trains.
+(k = round(1 / val_fraction)) is held out for validation, the rest trains. The count runs over
+the documents each reader sees: with loader workers over several files, which documents are held
+out depends on `num_workers` (one local file allows no more than one worker).
 
 Resuming a stream cannot seek: the loader's checkpoint state is the number of blocks this
 rank consumed, and a resumed loader skips that many blocks (re-reading, not re-training them).
+With workers, a loader resumed after B batches hands its first batch to worker 0, so worker k
+takes the files of the worker that delivered batch B + k and skips the batches that one had
+delivered: the resumed loader continues the straight one row for row.
 """
 
 from collections.abc import Iterator
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lrlab.data.loader import _rank_world, private_generator
 from lrlab.errors import ConfigError, require
@@ -54,33 +65,57 @@ class PackedStream(IterableDataset):
         self.text_field, self.tokenizer, self.seq_len, self.max_blocks = text_field, tokenizer, seq_len, max_blocks
         self.pack, self.max_tokens = pack, max_tokens
         self.every, self.held_out = every, held_out
-        self.skip = 0
+        self.skip = 0  # rows this rank consumed before a resume
+        self.batch_size = 1  # rows per batch of the loader (a worker delivers whole batches)
+        self.rank, self.world = _rank_world()
 
-    def documents(self) -> Iterator[str]:
+    def role(self) -> tuple[int, int, int]:
+        """(the worker whose files and batches this reader takes, the number of workers, the rows it
+        skips): batches are dealt round robin from the stream's start, and a resumed loader deals
+        its first batch to worker 0."""
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        consumed = -(-self.skip // self.batch_size)
+        role = (worker + consumed) % workers
+        return role, workers, min(len(range(role, consumed, workers)) * self.batch_size, self.skip)
+
+    def share(self, rows: int, role: int, workers: int) -> int:
+        """Of the first `rows` rows (whole batches, dealt round robin), those worker `role` delivers."""
+        batches = -(-rows // self.batch_size)
+        return min(len(range(role, batches, workers)) * self.batch_size, rows)
+
+    def open(self):
         import datasets
 
         try:
-            stream = datasets.load_dataset(self.dataset, self.name, split=self.split, streaming=True,
-                                           data_files=self.data_files)
+            return datasets.load_dataset(self.dataset, self.name, split=self.split, streaming=True,
+                                         data_files=self.data_files)
         except Exception as err:  # missing dataset / split / offline hub
             raise ConfigError("data.dataset", self.dataset, f"cannot be streamed ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:120]})") from None
-        rank, world = _rank_world()
+
+    def documents(self, role: int = 0, workers: int = 1) -> Iterator[str]:
+        stream = self.open()
+        if workers > 1:
+            stream = stream.shard(num_shards=workers, index=role, contiguous=False)
+        rows = (dict(zip(batch, values)) for batch in stream.iter(batch_size=64) for values in zip(*batch.values()))
         kept = 0
-        for i, row in enumerate(stream):
+        for i, row in enumerate(rows):  # `iter` reads what it is given (plain iteration splits by worker itself)
             require(self.text_field in row, "data.text_field", self.text_field,
                     f"not a field of {self.dataset}: one of {', '.join(row)}")
             if self.every and (i % self.every == self.every - 1) != self.held_out:
                 continue
-            if kept % world == rank and row[self.text_field]:
+            if kept % self.world == self.rank and row[self.text_field]:
                 yield row[self.text_field]
             kept += 1
 
     def __iter__(self) -> Iterator[dict]:
-        produced, tokens, skip = 0, 0, self.skip
-        self.skip = 0
-        for ids, length in self.blocks() if self.pack else self.padded_rows():
-            if self.max_blocks is not None and produced >= self.max_blocks:
+        role, workers, skip = self.role()
+        max_blocks = None if self.max_blocks is None else self.share(self.max_blocks, role, workers)
+        produced, tokens = 0, 0
+        self.skip = 0  # a persistent worker's next pass starts from the stream's start
+        for ids, length in self.blocks(role, workers) if self.pack else self.padded_rows(role, workers):
+            if max_blocks is not None and produced >= max_blocks:
                 return
             if self.max_tokens is not None and tokens >= self.max_tokens:
                 return
@@ -90,17 +125,17 @@ class PackedStream(IterableDataset):
             input_ids = torch.tensor(ids, dtype=torch.long)
             labels = input_ids.clone()
             labels[length:] = -100
-            yield {"input_ids": input_ids, "labels": labels, "index": torch.tensor(produced - 1)}
+            yield {"input_ids": input_ids, "labels": labels, "index": torch.tensor((produced - 1) * workers + role)}
         # an empty split would end every epoch at once, and the fit loop would start epochs forever
-        require(produced > 0 or self.max_blocks == 0, "data.dataset", self.dataset,
+        require(produced > 0 or max_blocks == 0 or workers > 1, "data.dataset", self.dataset,
                 f"split {self.split!r} holds no block of data.seq_len={self.seq_len} tokens: give a non-empty "
                 "dataset (or a shorter seq_len)")
 
-    def blocks(self) -> Iterator[tuple[list[int], int]]:
+    def blocks(self, role: int = 0, workers: int = 1) -> Iterator[tuple[list[int], int]]:
         """Documents joined with EOS and cut into full `seq_len` blocks (no padding)."""
         eos = self.tokenizer.eos_token_id
         buffer: list[int] = []
-        for text in self.documents():
+        for text in self.documents(role, workers):
             buffer.extend(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             if eos is not None:
                 buffer.append(eos)
@@ -108,13 +143,13 @@ class PackedStream(IterableDataset):
                 block, buffer = buffer[: self.seq_len], buffer[self.seq_len:]
                 yield block, self.seq_len
 
-    def padded_rows(self) -> Iterator[tuple[list[int], int]]:
+    def padded_rows(self, role: int = 0, workers: int = 1) -> Iterator[tuple[list[int], int]]:
         """One document per row: its tokens truncated so that EOS ends it, padded to `seq_len`;
         yields the row and its length before padding."""
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         pad = pad if pad is not None else (eos if eos is not None else 0)
         room = self.seq_len - (eos is not None)
-        for text in self.documents():
+        for text in self.documents(role, workers):
             ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
             ids = ids + [eos] if eos is not None else ids
             yield ids + [pad] * (self.seq_len - len(ids)), len(ids)
@@ -125,6 +160,7 @@ class StreamLoader(DataLoader):
 
     def __init__(self, stream: PackedStream, batch_size: int, consumed_batches, **kwargs):
         super().__init__(stream, batch_size=batch_size, **kwargs)
+        stream.batch_size = batch_size
         self._consumed_batches = consumed_batches
 
     def state_dict(self) -> dict:
@@ -144,6 +180,8 @@ class HFTextStream(L.LightningDataModule):
                  max_train_blocks: int | None = None, num_workers: int = 0, seed: int = 0,
                  val_fraction: float = 0.05):
         super().__init__()
+        require(isinstance(num_workers, int) and num_workers >= 0, "data.num_workers", num_workers,
+                "an integer >= 0 (loader worker processes that read and tokenize the stream)")
         require(seq_len > 0, "data.seq_len", seq_len, "must be a positive integer")
         require(batch_size > 0, "data.batch_size", batch_size, "must be a positive integer")
         require(val_blocks is not None or val_tokens is not None, "data.val_blocks", val_blocks,
@@ -185,9 +223,14 @@ class HFTextStream(L.LightningDataModule):
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def train_dataloader(self) -> DataLoader:
-        return StreamLoader(self._stream(self.split, self.max_train_blocks), self.batch_size,
+        stream = self._stream(self.split, self.max_train_blocks)
+        if self.num_workers > 1:
+            files = stream.open().num_shards
+            require(self.num_workers <= files, "data.num_workers", self.num_workers,
+                    f"at most {files}: each loader worker reads whole files of {self.dataset} ({files} here)")
+        return StreamLoader(stream, self.batch_size,
                             self._consumed_batches, num_workers=self.num_workers,
-                            generator=private_generator(self.seed))
+                            persistent_workers=self.num_workers > 0, generator=private_generator(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self._stream(self.val_split, self.val_blocks, self.val_tokens), batch_size=self.batch_size,

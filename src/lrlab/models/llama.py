@@ -7,6 +7,7 @@ member of the same family.
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lrlab.errors import require
+from lrlab.models import checkpointing
 
 
 def check_sizes(**sizes) -> None:
@@ -18,7 +19,7 @@ def check_sizes(**sizes) -> None:
 def build(vocab_size: int, hidden_size: int, intermediate_size: int, num_hidden_layers: int,
           num_attention_heads: int, max_position_embeddings: int = 1024, rms_norm_eps: float = 1e-6,
           num_key_value_heads: int | None = None, tie_word_embeddings: bool = False,
-          attn_implementation: str = "sdpa") -> LlamaForCausalLM:
+          attn_implementation: str = "sdpa", activation_checkpointing: bool = False) -> LlamaForCausalLM:
     check_sizes(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
                 num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
                 max_position_embeddings=max_position_embeddings)
@@ -41,4 +42,4 @@ def build(vocab_size: int, hidden_size: int, intermediate_size: int, num_hidden_
         bos_token_id=None, eos_token_id=None,
     )
     config._attn_implementation = attn_implementation
-    return LlamaForCausalLM(config)
+    return checkpointing.apply(LlamaForCausalLM(config), activation_checkpointing)

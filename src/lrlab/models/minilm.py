@@ -12,15 +12,16 @@ import torch
 from torch import nn
 
 from lrlab.data.tokenizers import minilm_path
+from lrlab.models import checkpointing
 
 
 class MiniLMClassifier(nn.Module):
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, activation_checkpointing: bool = False):
         super().__init__()
         from transformers import AutoModel
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        self.body = AutoModel.from_pretrained(str(minilm_path()))
+        self.body = checkpointing.apply(AutoModel.from_pretrained(str(minilm_path())), activation_checkpointing)
         self.head = nn.Linear(self.body.config.hidden_size, num_classes)
         self.train()  # from_pretrained returns eval mode; fine-tuning keeps BERT's dropout on
 
@@ -31,5 +32,5 @@ class MiniLMClassifier(nn.Module):
         return {"logits": self.head(features), "features": features}
 
 
-def build(num_classes: int) -> MiniLMClassifier:
-    return MiniLMClassifier(num_classes)
+def build(num_classes: int, activation_checkpointing: bool = False) -> MiniLMClassifier:
+    return MiniLMClassifier(num_classes, activation_checkpointing)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lrlab.data.fetch import cache_root
 from lrlab.errors import require
+from lrlab.models import checkpointing
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -55,7 +56,7 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(ensure_checkpoint()))
 
 
-def build(vocab_size: int | None = None):
+def build(vocab_size: int | None = None, activation_checkpointing: bool = False):
     """The pretrained causal LM; `vocab_size`, when given, must match its 49,152-token vocabulary."""
     from transformers import AutoModelForCausalLM
 
@@ -63,4 +64,4 @@ def build(vocab_size: int | None = None):
     require(vocab_size is None or vocab_size == model.config.vocab_size, "model.vocab_size", vocab_size,
             f"{model.config.vocab_size} (SmolLM2's tokenizer); use data tokenised with it")
     model.train()
-    return model
+    return checkpointing.apply(model, activation_checkpointing)

@@ -47,15 +47,19 @@ def matrix_shape(layer: nn.Module) -> tuple[int, int]:
     return layer.weight.shape[0], layer.weight[0].numel()
 
 
-def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
-    """The smallest k whose σ₁² + … + σ_k² reach `energy` of Σσ² (TRP's `EnergyThreshold`)."""
+def energy_rank_tensor(singular_values: torch.Tensor, energy: float) -> torch.Tensor:
+    """`energy_rank` as a tensor on the singular values' device (nothing is read back)."""
     squares = singular_values.double().pow(2)
     total = squares.sum()
-    if total == 0:
-        return 1
     kept = torch.cumsum(squares, 0) / total
-    return min(int(torch.searchsorted(kept, torch.tensor(energy, dtype=kept.dtype) - 1e-12)) + 1,
-               singular_values.numel())
+    threshold = torch.full((), energy, dtype=kept.dtype, device=kept.device) - 1e-12
+    rank = (torch.searchsorted(kept, threshold) + 1).clamp(max=singular_values.numel())
+    return torch.where(total == 0, 1, rank)
+
+
+def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
+    """The smallest k whose σ₁² + … + σ_k² reach `energy` of Σσ² (TRP's `EnergyThreshold`)."""
+    return int(energy_rank_tensor(singular_values, energy))
 
 
 def check_rank(targets: list[tuple[str, nn.Module]], rank: int, key: str = "parametrization.rank") -> None:

@@ -40,6 +40,11 @@ class OrderedLayer(Factorized):
         super().__init__(layer, min(layer.weight.shape[0], layer.weight[0].numel()), 1.0, init="svd")
         self.register_buffer("active", torch.ones(self.rank, dtype=torch.bool))
         self.register_buffer("width", torch.zeros((), dtype=torch.long))  # 0: the full active width
+        self.active_count = self.rank  # `active.sum()` kept on the host: the sampler reads it every step
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.active_count = int(self.active.sum())
 
     def mask(self, ordered_dropout: bool) -> torch.Tensor:
         keep = self.active
@@ -95,7 +100,7 @@ class Maestro(Parametrization):
     def sample(self, model: nn.Module, step: int) -> None:
         """Set each layer's width for training step `step`."""
         layers = [layer for _, layer in self.layers(model, OrderedLayer)]
-        widths = [int(layer.active.sum()) for layer in layers]
+        widths = [layer.active_count for layer in layers]
         draws = [0] * len(layers)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         if self.sampler == "per_layer" and sum(widths):
@@ -111,8 +116,12 @@ class Maestro(Parametrization):
             layer.width.fill_(width)
 
     def shrink(self, model: nn.Module) -> None:
-        for _, layer in self.layers(model, OrderedLayer):
+        layers = [layer for _, layer in self.layers(model, OrderedLayer)]
+        for layer in layers:
             layer.shrink(self.threshold)
+        counts = torch.stack([layer.active.sum() for layer in layers]).tolist() if layers else []  # one host read
+        for layer, count in zip(layers, counts):
+            layer.active_count = count
 
     def loss_term(self, task, outputs: dict, batch: dict) -> torch.Tensor | None:
         if self.group_lasso == 0:

@@ -82,11 +82,14 @@ class SpectralLayer(MatrixLayer):
         self.take(self.active)
 
     @torch.no_grad()
-    def resample(self, generator: torch.Generator) -> None:
+    def resample(self, generator: torch.Generator, spectrum: torch.Tensor | None = None) -> None:
+        """Draw the trained vectors ∝ |σ|; `spectrum` is |σ| already on the host (`host_spectra`)."""
         if self.sigma.is_meta:  # built without data (`lrlab validate` of a large model): nothing to draw from
             return
         self.write_back()
-        weights = self.sigma.detach().abs().float().cpu() + torch.finfo(torch.float32).tiny
+        if spectrum is None:
+            spectrum = self.sigma.detach().abs().float().cpu()
+        weights = spectrum + torch.finfo(torch.float32).tiny
         self.take(torch.multinomial(weights, self.rank, replacement=False, generator=generator).sort().values)
 
     @torch.no_grad()
@@ -94,6 +97,14 @@ class SpectralLayer(MatrixLayer):
         self.active.copy_(columns)
         self.u_active.copy_(self.u[:, self.active])
         self.v_active.copy_(self.v[:, self.active])
+
+
+def host_spectra(layers: list[SpectralLayer]) -> list[torch.Tensor | None]:
+    """Every layer's |σ| on the host, read back at once (the draw uses the host generator)."""
+    if not layers or any(layer.sigma.is_meta for layer in layers):
+        return [None] * len(layers)
+    spectra = torch.cat([layer.sigma.detach().abs().float() for layer in layers]).cpu()
+    return list(spectra.split([layer.sigma.numel() for layer in layers]))
 
 
 class SST(Parametrization):
@@ -125,11 +136,13 @@ class SST(Parametrization):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step + 1)
         resvd = self.resvd_every > 0 and step >= 0 and (step + 1) % self.resvd_every == 0
         stale = []
-        for _, layer in self.layers(model, SpectralLayer):
-            if resvd:
+        layers = [layer for _, layer in self.layers(model, SpectralLayer)]
+        if resvd:
+            for layer in layers:
                 layer.resvd()
                 stale.append(layer.sigma)
-            layer.resample(generator)
+        for layer, spectrum in zip(layers, host_spectra(layers)):
+            layer.resample(generator, spectrum)
             stale += [layer.u_active, layer.v_active]
         return stale
 

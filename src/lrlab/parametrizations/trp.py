@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from lrlab.errors import require
-from lrlab.parametrizations.base import DEFAULT_EXCLUDE, Parametrization, energy_rank, matrix_shape
+from lrlab.parametrizations.base import DEFAULT_EXCLUDE, Parametrization, energy_rank_tensor, matrix_shape
 
 
 class TRP(Parametrization):
@@ -41,13 +41,21 @@ class TRP(Parametrization):
         self.truncate(model)  # the official loop decomposes before step 0 too
         return model
 
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.host_ranks = self.ranks.tolist()
+
     @torch.no_grad()
     def truncate(self, model: nn.Module) -> None:
-        for i, (_, layer) in enumerate(self.targets(model)):
-            u, s, vh = torch.linalg.svd(layer.weight.reshape(matrix_shape(layer)).float(), full_matrices=False)
-            k = energy_rank(s, self.energy)
-            self.ranks[i] = k
-            if self.project:
+        """Every layer's SVD, then its energy rank, read back for all layers at once."""
+        layers = [layer for _, layer in self.targets(model)]
+        factors = [torch.linalg.svd(layer.weight.reshape(matrix_shape(layer)).float(), full_matrices=False)
+                   for layer in layers]
+        ranks = torch.stack([energy_rank_tensor(s, self.energy) for _, s, _ in factors])
+        self.ranks.copy_(ranks)
+        self.host_ranks = ranks.tolist()  # the one host read of the truncation
+        if self.project:
+            for layer, (u, s, vh), k in zip(layers, factors, self.host_ranks):
                 layer.weight.copy_(((u[:, :k] * s[:k]) @ vh[:k]).reshape(layer.weight.shape))
 
     def after_step(self, task, step: int) -> None:
@@ -58,7 +66,7 @@ class TRP(Parametrization):
         if self.nuclear_weight == 0 or task.global_step % self.period:
             return None
         total = 0.0
-        for (_, layer), k in zip(self.targets(task.model), self.ranks.tolist()):
+        for (_, layer), k in zip(self.targets(task.model), self.host_ranks):
             weight = layer.weight.reshape(matrix_shape(layer))
             with torch.no_grad():
                 u, _, vh = torch.linalg.svd(weight.float(), full_matrices=False)

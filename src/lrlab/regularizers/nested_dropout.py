@@ -47,21 +47,22 @@ class NestedDropout(Method):
     def set_extra_state(self, state: torch.Tensor) -> None:
         self.batches_drawn = int(state)
 
-    def distribution(self, width: int) -> torch.Tensor:
-        k = torch.arange(1, width + 1, dtype=torch.float64)
+    def distribution(self, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        k = torch.arange(1, width + 1, dtype=torch.float64, device=device)
         weights = torch.exp(-((k / self.sigma) ** 2))
         return (weights / weights.sum()).float()
 
     def transform_features(self, features: torch.Tensor) -> torch.Tensor:
+        """k is drawn on the features' device (its generator), so no value crosses to or from the host."""
         width = features.shape[1]
         rank, world = _rank_world()
         draws = features.shape[0] * world if self.per_sample else 1
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batches_drawn)
+        generator = torch.Generator(device=features.device).manual_seed(self.seed * 1_000_003 + self.batches_drawn)
         self.batches_drawn += 1
-        keep = torch.multinomial(self.distribution(width), draws, replacement=True, generator=generator)
+        keep = torch.multinomial(self.distribution(width, features.device), draws, replacement=True,
+                                 generator=generator) + 1
         if self.per_sample:
             keep = keep[rank::world]
-        keep = keep.to(features.device) + 1
         mask = torch.arange(width, device=features.device)[None, :] < keep[:, None]
         return features * mask.to(features.dtype)
 

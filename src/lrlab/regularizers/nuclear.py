@@ -14,12 +14,14 @@ from lrlab.protocol import Method
 
 
 def nuclear_norms(model: nn.Module) -> list[torch.Tensor]:
-    norms = []
+    """‖W‖_* of each weight; weights of one shape share one batched SVD (one call, on a GPU one
+    wait for its convergence check, per shape rather than per weight)."""
+    by_shape: dict[tuple, list[torch.Tensor]] = {}
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)) and module.weight.requires_grad:
             weight = module.weight.flatten(1) if module.weight.ndim > 2 else module.weight
-            norms.append(torch.linalg.svdvals(weight.float()).sum())
-    return norms
+            by_shape.setdefault(tuple(weight.shape), []).append(weight.float())
+    return [norm for weights in by_shape.values() for norm in torch.linalg.svdvals(torch.stack(weights)).sum(-1)]
 
 
 class NuclearNorm(Method):

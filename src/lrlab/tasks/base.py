@@ -1,6 +1,14 @@
 """What every task shares: the model, its methods and loss (`lrlab.protocol`), the optimizer and
 schedule from config, and the non-finite-loss guard.
 
+The guard reads nothing back from the device in an ordinary step: each training step records, on
+the device, the first step whose loss is not finite (`watch_loss`), and the host reads that
+record (`check_losses`) only where the loop waits for the device anyway: at the steps whose
+metrics the loggers read (every `trainer.log_every_n_steps`), before a validation, before a
+checkpoint is written (`CheckpointGuard`) and at the end of training. A diverged run therefore
+stops at most `log_every_n_steps` steps later, naming the first bad step and its loss, and no
+checkpoint ever holds its state.
+
 The methods and the loss are submodules, so their state (per-sample targets, masks) is
 checkpointed with the task. Nothing here is method-specific: the task calls the protocol's hooks.
 """
@@ -37,6 +45,8 @@ class BaseTask(L.LightningModule):
         self.loss = loss
         self.methods = nn.ModuleList(methods)
         self.optimizer_cfg, self.scheduler_cfg, self.total_steps = optimizer, scheduler, total_steps
+        self.register_buffer("first_bad_step", torch.tensor(-1), persistent=False)
+        self.register_buffer("first_bad_loss", torch.tensor(0.0, dtype=torch.float64), persistent=False)
 
     def parts_from(self, config: dict | None) -> tuple:
         from omegaconf import OmegaConf
@@ -134,6 +144,30 @@ class BaseTask(L.LightningModule):
                 self.log(f"train/term_{method.name}", term.detach(), on_step=True, on_epoch=False)
         return base, total
 
-    def check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(self.global_step, float(loss))
+    def watch_loss(self, loss: torch.Tensor) -> None:
+        """Record this step and its loss on the device if the loss is the run's first non-finite one."""
+        first = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
+        self.first_bad_step.copy_(torch.where(first, self.global_step, self.first_bad_step))
+        self.first_bad_loss.copy_(torch.where(first, loss.detach().double(), self.first_bad_loss))
+
+    def check_losses(self) -> None:
+        """Raise `NonFiniteLossError` for the first non-finite loss recorded (one host read)."""
+        step = int(self.first_bad_step)
+        if step >= 0:
+            raise NonFiniteLossError(step, float(self.first_bad_loss))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        every = self.trainer.log_every_n_steps
+        if every and self.global_step % every == 0:
+            self.check_losses()
+
+    def on_validation_start(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.check_losses()
+
+    def on_train_end(self) -> None:
+        self.check_losses()
+
+    def log_train_loss(self, name: str, loss: torch.Tensor) -> None:
+        """A progress bar reads its metrics back every step: show the loss there only when a bar is shown."""
+        self.log(name, loss.detach(), prog_bar=self.trainer.progress_bar_callback is not None)

@@ -23,8 +23,8 @@ class CausalLMTask(BaseTask):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         outputs = self.forward_batch(batch)
         lm_loss, loss = self.training_loss(outputs, batch)
-        self.check_finite(loss)
-        self.log("train/loss", lm_loss.detach(), prog_bar=True)
+        self.watch_loss(loss)
+        self.log_train_loss("train/loss", lm_loss)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

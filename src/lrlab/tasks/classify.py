@@ -61,8 +61,8 @@ class ClassifyTask(BaseTask):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         outputs = self.forward_batch(batch)
         _, loss = self.training_loss(outputs, batch)
-        self.check_finite(loss)
-        self.log("train/loss", loss.detach(), prog_bar=True)
+        self.watch_loss(loss)
+        self.log_train_loss("train/loss", loss)
         self.log("train/acc", (outputs["logits"].argmax(-1) == batch["y"]).float().mean())
         return loss
 
