@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from lrlab import conf_dir
 from lrlab.errors import require
 from lrlab.instantiate import instantiate_node
+from lrlab.optim import layerwise
 from lrlab.protocol import Loss, Method
 
 
@@ -65,6 +66,7 @@ def build_parts(cfg: DictConfig):
     methods = build_methods(cfg)
     loss = build_loss(cfg)
     check_task([*methods, loss], task_kind)
+    layerwise.check(cfg, methods)
     for method in methods:
         model = method.transform_model(model)
     args = dict(model=model, loss=loss, methods=methods, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
