@@ -1,4 +1,4 @@
-"""`lrlab train|ls|show|validate|data|report|compress` — a thin dispatch over Hydra.
+"""`lrlab train|ls|show|validate|data|report|compress|estimate` — a thin dispatch over Hydra.
 
 Every command composes the same `conf/train.yaml`. Bad input (unknown option, wrong type,
 missing data, unreadable checkpoint, ...) prints one line `error: KEY=VALUE: what is allowed`
@@ -13,7 +13,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from lrlab import conf_dir
+from lrlab import conf_dir, estimate
 from lrlab.console import quiet_libraries
 from lrlab.errors import ConfigError
 from lrlab.rundir import first_missing
@@ -288,11 +288,12 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--per-run", action="store_true", help="one row per run (default: mean ± std over seeds)")
     compress = sub.add_parser("compress", help="truncate a trained run by SVD: ckpt=PATH rank=R | energy=E [out=DIR]")
     compress.add_argument("arguments", nargs="*", help="KEY=VALUE: ckpt, rank or energy, out")
+    estimate.register(sub)
     return p
 
 
 COMMANDS = {"report": cmd_report, "train": cmd_train, "ls": cmd_ls, "show": cmd_show, "validate": cmd_validate,
-            "smoke": cmd_smoke, "compress": cmd_compress, "data": cmd_data}
+            "smoke": cmd_smoke, "compress": cmd_compress, "data": cmd_data, "estimate": estimate.command}
 
 
 def main(argv: list[str] | None = None) -> None:
