@@ -39,6 +39,9 @@ train: install
 bench: install
 	$(BIN)/python scripts/bench_runner.py
 	$(BIN)/python scripts/bench_optimizers.py
+	$(BIN)/python scripts/bench_prepared.py
+	$(BIN)/python scripts/check_estimate.py llama_20m llama_60m
+	$(BIN)/python scripts/bench_memory.py llama_60m llama_130m
 
 clean:
 	rm -rf $(VENV) outputs build dist
