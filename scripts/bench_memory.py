@@ -1,6 +1,11 @@
 """Peak memory per method: each run is its own `lrlab train` process (its peak RSS is its own),
-3 steps, same data, batch and sequence length; `summary.json`'s `peak_memory_bytes` and
+3 steps, same data, batch 4 x 128, vocab 32,000; `summary.json`'s `peak_memory_bytes` and
 `optimizer_state_bytes`, and `lrlab estimate`'s total for the same overrides.
+
+The batch is small on purpose: at batch 16 x 128 the fp32 loss's transient at the start of the
+backward pass (3 x B x S x V x 4 bytes = 786 MB) exceeds llama_60m's gradients (232 MB) and sets
+the peak with or without them, so the layer-wise step cannot lower it (measured, GaLore r=128:
+2976 MiB normal, 3009 MiB layer-wise).
 
     OMP_NUM_THREADS=1 python scripts/bench_memory.py llama_60m llama_130m
 """
@@ -11,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-SETTING = ["model.vocab_size=32000", "data.batch_size=16", "data.seq_len=128", "trainer.max_steps=3",
+SETTING = ["model.vocab_size=32000", "data.batch_size=4", "data.seq_len=128", "trainer.max_steps=3",
            "trainer.val_check_interval=3", "trainer.limit_val_batches=1", "trainer.gradient_clip_val=null",
            "logger=none"]
 METHODS = {

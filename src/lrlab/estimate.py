@@ -25,9 +25,12 @@ optimizer. Then, per device:
 - total: weights + optimizer state + gradients + activations + runtime. Lightning clears the
   previous step's gradients after the forward pass (its closure runs `training_step`, then
   `zero_grad`, then `backward`), so a step's activations meet a full set of gradients; the
-  layer-wise step holds one at a time. runtime: on CPU, where the run's peak is the process's
-  resident set, the resident memory of this process with the training libraries loaded
-  (measured here); 0 on accelerators (peak = allocated bytes).
+  loss's backward-start transient comes after they are cleared, so the sum bounds the live
+  bytes from above by at most min(gradients, B·S·V·4) (on CPU the allocator's retained memory
+  fills part of that: see the README's measurements). The layer-wise step holds one gradient
+  at a time. runtime: on CPU, where the run's peak is the process's resident set, the resident
+  memory of this process with the training libraries loaded (measured here); 0 on accelerators
+  (peak = allocated bytes).
 - strategy: `data.batch_size` is per process (DDP replicates everything else); under `fsdp2`
   weights, gradients and optimizer state are divided by the number of processes, plus one
   decoder layer's full weights gathered at a time.
