@@ -107,9 +107,10 @@ def packed(token_lists: Iterator[list[int]], seq_len: int, eos: int | None) -> I
         buffer.extend(ids)
         if eos is not None:
             buffer.append(eos)
-        while len(buffer) >= seq_len:
-            block, buffer = buffer[:seq_len], buffer[seq_len:]
-            yield block, seq_len
+        full = len(buffer) - len(buffer) % seq_len
+        for start in range(0, full, seq_len):
+            yield buffer[start:start + seq_len], seq_len
+        del buffer[:full]
 
 
 def padded(token_lists: Iterator[list[int]], seq_len: int, eos: int | None,

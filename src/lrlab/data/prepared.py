@@ -115,24 +115,27 @@ class _ShardWriter:
     """Rows appended in order, flushed to `shard_NNNNN.tokens` (+ `.lengths`) every SHARD_BLOCKS rows."""
 
     def __init__(self, folder: Path, seq_len: int, dtype: np.dtype, padded: bool):
-        self.folder, self.seq_len, self.dtype, self.padded = folder, seq_len, dtype, padded
-        self.rows, self.lengths, self.shards = [], [], []
+        self.folder, self.padded = folder, padded
+        self.rows = np.empty((SHARD_BLOCKS, seq_len), dtype=dtype)
+        self.lengths = np.empty(SHARD_BLOCKS, dtype=np.int32)
+        self.count, self.shards = 0, []
 
     def add(self, row: list[int], length: int) -> None:
-        self.rows.append(row)
-        self.lengths.append(length)
-        if len(self.rows) == SHARD_BLOCKS:
+        self.rows[self.count] = row
+        self.lengths[self.count] = length
+        self.count += 1
+        if self.count == SHARD_BLOCKS:
             self.flush()
 
     def flush(self) -> None:
-        if not self.rows:
+        if not self.count:
             return
         name = f"shard_{len(self.shards):05d}"
-        np.asarray(self.rows, dtype=self.dtype).tofile(self.folder / f"{name}.tokens")
+        self.rows[:self.count].tofile(self.folder / f"{name}.tokens")
         if self.padded:
-            np.asarray(self.lengths, dtype=np.int32).tofile(self.folder / f"{name}.lengths")
-        self.shards.append({"name": name, "rows": len(self.rows)})
-        self.rows, self.lengths = [], []
+            self.lengths[:self.count].tofile(self.folder / f"{name}.lengths")
+        self.shards.append({"name": name, "rows": self.count})
+        self.count = 0
 
 
 def prepare_split(source: dict, split: str, workers: int | None = None, progress: bool = True) -> Path:
