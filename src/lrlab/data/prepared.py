@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -191,7 +192,19 @@ def _tokenizing(workers: int, tokenizer_name: str, room: int | None):
         yield map
         return
     with multiprocessing.get_context("spawn").Pool(workers, _start_worker, (tokenizer_name, room)) as pool:
-        yield pool.imap
+        yield lambda fn, tasks: _bounded_imap(pool, fn, tasks, 4 * workers)
+
+
+def _bounded_imap(pool, fn, tasks: Iterator, window: int) -> Iterator:
+    """`pool.imap` that reads at most `window` tasks ahead (imap would read the whole corpus
+    into its queue when the workers outpace the consumer)."""
+    pending = deque()
+    for task in tasks:
+        pending.append(pool.apply_async(fn, (task,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def _progress(shown: bool, split: str):
