@@ -38,6 +38,8 @@ def corpus(folder: Path, megabytes: int) -> Path:
                 line = json.dumps({"text": text}) + "\n"
                 out.write(line)
                 written += len(line)
+                if written >= megabytes * 2 ** 20:
+                    break
     return path
 
 
@@ -116,14 +118,15 @@ def main() -> None:
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        data = source(corpus(scratch, args.mb), str(minilm_path()))
+        path = corpus(scratch, args.mb)
+        data, size = source(path, str(minilm_path())), path.stat().st_size
         streamed, rows = stream_rate(data)
         one, _ = prepare_rate(data, 1, scratch)
         every, folder = prepare_rate(data, cores, scratch)
         loading = loader_rate(folder)
         billion = sparse_billion(Path(tempfile.mkdtemp(dir=scratch)))
         seek = prepared_resume_seconds(billion)
-    print(f"corpus: {args.mb} MiB of JSON lines, {rows * SEQ / 1e6:.1f}M tokens in {rows} blocks of {SEQ}; "
+    print(f"corpus: {size / 2**20:.0f} MiB of JSON lines, {rows * SEQ / 1e6:.1f}M tokens in {rows} blocks of {SEQ}; "
           f"{cores} cores")
     print("| path | tokenize (tokens/s) | loader (tokens/s) | resume at 1B consumed tokens |")
     print("|---|---|---|---|")

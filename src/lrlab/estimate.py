@@ -130,7 +130,7 @@ def resident_bytes() -> int:
 
 def estimate(cfg) -> Estimate:
     require(cfg.data.get("task") == "causal_lm", "model", cfg.model.get("_target_"),
-            "lrlab estimate covers the causal language models (llama_*, smollm2_135m)")
+            "lrlab estimate covers the LLaMA causal language models (model=llama_*)")
     task = meta_task(cfg)
     config = getattr(task.model, "config", None)
     if config is None and hasattr(task.model, "base_model"):  # a PEFT wrapper
