@@ -60,7 +60,7 @@ def stream_rate(data: dict) -> tuple[float, int]:
 
 
 def prepare_rate(data: dict, workers: int, cache: Path) -> tuple[float, Path]:
-    from lrlab.data.prepared import prepare_split
+    from lrlab.data.prepare import prepare_split
 
     os.environ["LRLAB_CACHE"] = str(cache / f"workers{workers}")
     started = time.perf_counter()

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lrlab.data import loader as loader_module
-from lrlab.data.prepared import PreparedBlocks, batch_as_is, prepare_split
+from lrlab.data.prepare import prepare_split
+from lrlab.data.prepared import PreparedBlocks, batch_as_is
 
 
 @pytest.fixture(scope="module")

@@ -238,7 +238,7 @@ def cmd_data(args) -> None:
         print("  (digits, modular_arithmetic and stdlib_bytes need no fetch)")
         return
     if args.action == "prepare":
-        from lrlab.data.prepared import command
+        from lrlab.data.prepare import command
 
         return guarded(command, list(args.name))
     if not args.name:
@@ -297,7 +297,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"report": cmd_report, "train": cmd_train, "ls": cmd_ls, "show": cmd_show, "validate": cmd_validate,
-            "smoke": cmd_smoke, "compress": cmd_compress, "data": cmd_data, "estimate": estimate.command}
+            "smoke": cmd_smoke, "compress": cmd_compress, "data": cmd_data,
+            "estimate": lambda args: guarded(estimate.command, args)}
 
 
 def main(argv: list[str] | None = None) -> None:

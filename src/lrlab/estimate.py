@@ -183,16 +183,13 @@ def register(sub) -> None:
 
 
 def command(args) -> None:
-    from lrlab.cli import guarded
+    """`lrlab estimate`: the CLI turns its ConfigError into one line (`lrlab.cli.guarded`)."""
     from lrlab.train import compose
     from lrlab.validation import check_config, check_structure
 
-    def run():
-        cfg = compose(list(args.overrides), run_dir="/nonexistent")
-        check_structure(cfg)
-        check_config(cfg)
-        return cfg, estimate(cfg)
-
-    cfg, found = guarded(run)
+    cfg = compose(list(args.overrides), run_dir="/nonexistent")
+    check_structure(cfg)
+    check_config(cfg)
+    found = estimate(cfg)
     print(json.dumps(asdict(found)) if args.json else report(cfg, found))
     sys.stdout.flush()

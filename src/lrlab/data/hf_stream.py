@@ -163,7 +163,8 @@ class HFTextStream(L.LightningDataModule):
 
             source = {"dataset": dataset, "name": name, "data_files": data_files, "text_field": text_field,
                       "tokenizer": tokenizer, "seq_len": seq_len, "pack": pack}
-            self.prepared = {s: find_prepared(source, s) for s in (split, val_split)}
+            found = load_tokenizer(tokenizer)
+            self.prepared = {s: find_prepared(source, found, s) for s in (split, val_split)}
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
