@@ -44,6 +44,9 @@ bench: install
 	$(BIN)/python scripts/bench_optimizers.py
 	$(BIN)/python scripts/bench_parallel.py
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_ddp.py
+	$(BIN)/python scripts/bench_prepared.py
+	$(BIN)/python scripts/check_estimate.py llama_20m llama_60m
+	$(BIN)/python scripts/bench_memory.py llama_60m llama_130m
 
 mutation: dev  ## mutation testing (config: [tool.mutmut] in pyproject.toml); MUTANTS='lrlab.optim.*' narrows it
 	$(BIN)/python -m pip install -q $(MUTMUT)

@@ -27,6 +27,7 @@ def hand_loop(cfg, steps: int) -> float:
     model = task.model.train()
     opt_cfg = OmegaConf.to_container(cfg.optimizer)
     opt_cfg.pop("_target_")
+    opt_cfg.pop("layerwise")
     optimizer = adamw.build(model, **opt_cfg)
     scheduler = schedule.build(optimizer, steps, **OmegaConf.to_container(cfg.scheduler))
     loader = torch.utils.data.DataLoader(datamodule.train_set, batch_size=datamodule.batch_size, shuffle=True,

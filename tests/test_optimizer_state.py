@@ -13,6 +13,7 @@ import io
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
 from lrlab.optim.projector import BASES
@@ -40,7 +41,9 @@ CONFIGS = {
 
 @functools.cache
 def optimizer_config(config: str):
-    return compose(CONFIGS[config]).optimizer
+    node = OmegaConf.to_container(compose(CONFIGS[config]).optimizer)
+    node.pop("layerwise")  # how the task steps it, not a builder argument
+    return node
 
 
 def build(config: str, model: nn.Module) -> torch.optim.Optimizer:

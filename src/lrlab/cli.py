@@ -1,4 +1,4 @@
-"""`lrlab train|sweep|ls|show|validate|smoke|data|report|compress|export` — a thin dispatch over Hydra.
+"""`lrlab train|sweep|ls|show|validate|smoke|data|report|compress|export|estimate` — a thin dispatch over Hydra.
 
 Every command composes the same `conf/train.yaml`. Bad input (unknown option, wrong type,
 missing data, unreadable checkpoint, ...) prints one line `error: KEY=VALUE: what is allowed`
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from lrlab import estimate
 from lrlab.console import quiet_libraries
 from lrlab.errors import ConfigError
 from lrlab.hydra_app import Source, hydra_parser, runs_jobs
@@ -377,6 +378,10 @@ def cmd_data(args) -> None:
             print(f"  {name:<16}{present:<9}{src.kind + ':' + src.package + '==' + src.version:<56}{src.description}")
         print("  (digits, modular_arithmetic and stdlib_bytes need no fetch)")
         return
+    if args.action == "prepare":
+        from lrlab.data.prepare import command
+
+        return guarded(command, list(args.name))
     if not args.name:
         fail("data fetch needs NAME: one of " + ", ".join(sorted(fetch.SOURCES)))
     for name in args.name:
@@ -443,8 +448,8 @@ def parser() -> argparse.ArgumentParser:
                        help="steps before the checkpoint the resume starts from (3: between two refreshes)")
     smoke.add_argument("--junit-xml", metavar="FILE", help="also write the results as JUnit XML")
     smoke.add_argument("--out", metavar="DIR", help="keep the miniature runs in DIR (default: a temporary dir)")
-    data = sub.add_parser("data", help="list or fetch datasets")
-    data.add_argument("action", choices=["ls", "fetch"])
+    data = sub.add_parser("data", help="list, fetch, or prepare (tokenize once into shards) datasets")
+    data.add_argument("action", choices=["ls", "fetch", "prepare"])
     data.add_argument("name", nargs="*")
     data.add_argument("--force", action="store_true")
     report = sub.add_parser("report", help="markdown + CSV tables and PNG plots from the summary.json files under PATHs")
@@ -456,12 +461,13 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--out", metavar="DIR", help="the folder to write (default: RUN_DIR/export); must not exist")
     compress = sub.add_parser("compress", help="truncate a trained run by SVD: ckpt=PATH rank=R | energy=E [out=DIR]")
     compress.add_argument("arguments", nargs="*", help="KEY=VALUE: ckpt, rank or energy, out")
+    estimate.register(sub)
     return p
 
 
 COMMANDS = {"report": cmd_report, "sweep": cmd_sweep, "ls": cmd_ls, "show": cmd_show, "validate": cmd_validate,
             "smoke": cmd_smoke, "compress": cmd_compress, "export": cmd_export,
-            "data": cmd_data}
+            "data": cmd_data, "estimate": lambda args: guarded(estimate.command, args)}
 HYDRA_COMMANDS = {"train": cmd_train}  # these take their own command line (Hydra's flags)
 COMPLETION_FLAGS = ("-sc", "--shell-completion")
 

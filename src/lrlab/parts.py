@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrlab.errors import require
 from lrlab.instantiate import instantiate_node
+from lrlab.optim import layerwise
 from lrlab.protocol import Loss, Method
 
 
@@ -56,6 +57,7 @@ def task_parts(cfg: DictConfig) -> dict:
     loss = build_loss(cfg)
     check_task([*methods, loss], cfg.data.get("task"))
     check_strategy([*methods, loss], (cfg.get("trainer") or {}).get("strategy"))
+    layerwise.check(cfg, methods)
     for method in methods:
         model = method.transform_model(model)
     parts = dict(model=model, loss=loss, methods=methods, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),

@@ -133,15 +133,8 @@ class PackedStream(IterableDataset):
 
     def blocks(self, role: int = 0, workers: int = 1) -> Iterator[tuple[list[int], int]]:
         """Documents joined with EOS and cut into full `seq_len` blocks (no padding)."""
-        eos = self.tokenizer.eos_token_id
-        buffer: list[int] = []
-        for text in self.documents(role, workers):
-            buffer.extend(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            if eos is not None:
-                buffer.append(eos)
-            while len(buffer) >= self.seq_len:
-                block, buffer = buffer[: self.seq_len], buffer[self.seq_len:]
-                yield block, self.seq_len
+        tokenized = (self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in self.documents(role, workers))
+        return packed(tokenized, self.seq_len, self.tokenizer.eos_token_id)
 
     def padded_rows(self, role: int = 0, workers: int = 1) -> Iterator[tuple[list[int], int]]:
         """One document per row: its tokens truncated so that EOS ends it, padded to `seq_len`;
@@ -149,10 +142,30 @@ class PackedStream(IterableDataset):
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         pad = pad if pad is not None else (eos if eos is not None else 0)
         room = self.seq_len - (eos is not None)
-        for text in self.documents(role, workers):
-            ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
-            ids = ids + [eos] if eos is not None else ids
-            yield ids + [pad] * (self.seq_len - len(ids)), len(ids)
+        tokenized = (self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
+                     for text in self.documents(role, workers))
+        return padded(tokenized, self.seq_len, eos, pad)
+
+
+def packed(token_lists: Iterator[list[int]], seq_len: int, eos: int | None) -> Iterator[tuple[list[int], int]]:
+    """Token lists joined with `eos` and cut into full `seq_len` blocks: (block, seq_len)."""
+    buffer: list[int] = []
+    for ids in token_lists:
+        buffer.extend(ids)
+        if eos is not None:
+            buffer.append(eos)
+        full = len(buffer) - len(buffer) % seq_len
+        for start in range(0, full, seq_len):
+            yield buffer[start:start + seq_len], seq_len
+        del buffer[:full]
+
+
+def padded(token_lists: Iterator[list[int]], seq_len: int, eos: int | None,
+           pad: int) -> Iterator[tuple[list[int], int]]:
+    """One (already truncated) token list per row, `eos` appended, padded: (row, its length)."""
+    for ids in token_lists:
+        ids = ids + [eos] if eos is not None else ids
+        yield ids + [pad] * (seq_len - len(ids)), len(ids)
 
 
 class StreamLoader(DataLoader):
@@ -178,7 +191,7 @@ class HFTextStream(L.LightningDataModule):
                  data_files: dict | str | None = None, seq_len: int = 256, batch_size: int = 32,
                  val_blocks: int | None = 64, val_tokens: int | None = None, pack: bool = True,
                  max_train_blocks: int | None = None, num_workers: int = 0, seed: int = 0,
-                 val_fraction: float = 0.05):
+                 val_fraction: float = 0.05, prepared: bool = False):
         super().__init__()
         require(isinstance(num_workers, int) and num_workers >= 0, "data.num_workers", num_workers,
                 "an integer >= 0 (loader worker processes that read and tokenize the stream)")
@@ -197,6 +210,17 @@ class HFTextStream(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.tokenizer = None
         self.num_train_samples = 0  # unknown for a stream
+        self.prepared = {}
+        require(not (prepared and self.val_every), "data.prepared", prepared,
+                "needs a dataset with its own validation split (data_files with a validation entry): "
+                "prepared shards do not hold a split-off validation part")
+        if prepared:  # the shards must exist before a run writes anything
+            from lrlab.data.prepared import find_prepared
+
+            source = {"dataset": dataset, "name": name, "data_files": data_files, "text_field": text_field,
+                      "tokenizer": tokenizer, "seq_len": seq_len, "pack": pack}
+            found = load_tokenizer(tokenizer)
+            self.prepared = {s: find_prepared(source, found, s) for s in (split, val_split)}
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
@@ -222,7 +246,18 @@ class HFTextStream(L.LightningDataModule):
     def _consumed_batches(self) -> int:
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
+    def _position(self) -> tuple[int, int]:
+        return self.trainer.current_epoch, self._consumed_batches()
+
     def train_dataloader(self) -> DataLoader:
+        if self.prepared:
+            from lrlab.data.loader import ResumableLoader
+            from lrlab.data.prepared import PreparedBlocks, batch_as_is
+
+            rows = PreparedBlocks(self.prepared[self.split], self.max_train_blocks)
+            return ResumableLoader(rows, self.batch_size, False, self.seed, self._position, collate_fn=batch_as_is,
+                                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                                   generator=private_generator(self.seed))
         stream = self._stream(self.split, self.max_train_blocks)
         if self.num_workers > 1:
             files = stream.open().num_shards
@@ -233,5 +268,13 @@ class HFTextStream(L.LightningDataModule):
                             persistent_workers=self.num_workers > 0, generator=private_generator(self.seed))
 
     def val_dataloader(self) -> DataLoader:
+        if self.prepared:
+            from torch.utils.data import BatchSampler, SequentialSampler
+
+            from lrlab.data.prepared import PreparedBlocks, batch_as_is, validation_rows
+
+            rows = validation_rows(PreparedBlocks(self.prepared[self.val_split]), self.val_blocks, self.val_tokens)
+            return DataLoader(rows, batch_sampler=BatchSampler(SequentialSampler(rows), self.batch_size, False),
+                              collate_fn=batch_as_is)
         return DataLoader(self._stream(self.val_split, self.val_blocks, self.val_tokens), batch_size=self.batch_size,
                           generator=private_generator(self.seed))

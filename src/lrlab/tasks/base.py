@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lrlab.instantiate import build_optimizer
-from lrlab.optim import schedule
+from lrlab.optim import layerwise, schedule
 from lrlab.protocol import Loss, Method
 
 
@@ -45,6 +45,7 @@ class BaseTask(L.LightningModule):
         self.loss = loss
         self.methods = nn.ModuleList(methods)
         self.optimizer_cfg, self.scheduler_cfg, self.total_steps = optimizer, scheduler, total_steps
+        self.layerwise_hooks = []
         self.register_buffer("first_bad_step", torch.tensor(-1), persistent=False)
         self.register_buffer("first_bad_loss", torch.tensor(0.0, dtype=torch.float64), persistent=False)
 
@@ -79,7 +80,11 @@ class BaseTask(L.LightningModule):
 
     # --- optimisation -------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, list(self.methods), self.optimizer_cfg)
+        settings = dict(self.optimizer_cfg)
+        per_weight = settings.pop("layerwise", False)
+        optimizer = build_optimizer(self.model, list(self.methods), settings)
+        layerwise.detach(self.layerwise_hooks)  # the optimizer built by an earlier call steps nothing
+        self.layerwise_hooks = layerwise.attach(optimizer) if per_weight else []
         scheduler = schedule.build(optimizer, self.total_steps, **self.scheduler_cfg)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
