@@ -31,10 +31,10 @@ import torch
 from omegaconf import OmegaConf
 
 from lrlab import conf_dir
-from lrlab.build import build_methods
+from lrlab.parts import build_methods
 from lrlab.instantiate import build_optimizer, instantiate_node
 from lrlab.losses.cross_entropy import causal_lm_cross_entropy
-from lrlab.optim.routing import state_bytes
+from lrlab.optim.state import state_bytes
 from lrlab.probes import LiveBytes
 from lrlab.train import compose
 

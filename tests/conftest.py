@@ -6,6 +6,16 @@ import torch
 os.environ.setdefault("CI", "true")  # no progress bars in test output
 
 
+@pytest.fixture(autouse=True)
+def no_hydra_job_left_over():
+    """An in-process `lrlab train` leaves Hydra's job config (mode, job number) set for the whole
+    process; a later test's `run()` must not read it as its own."""
+    yield
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     """compose(overrides) with the run dir inside tmp_path and loggers off unless asked."""

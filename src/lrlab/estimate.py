@@ -63,7 +63,7 @@ def meta_task(cfg):
     import torch
     from omegaconf import OmegaConf
 
-    from lrlab.build import build_loss, build_methods
+    from lrlab.parts import build_loss, build_methods
     from lrlab.instantiate import instantiate_node
     from lrlab.tasks.causal_lm import CausalLMTask
 
@@ -86,7 +86,7 @@ def optimizer_state_bytes(task) -> int:
     import torch
 
     from lrlab.instantiate import build_optimizer
-    from lrlab.optim.routing import state_bytes
+    from lrlab.optim.state import state_bytes
 
     settings = dict(task.optimizer_cfg)
     settings.pop("layerwise", None)
@@ -185,7 +185,7 @@ def register(sub) -> None:
 def command(args) -> None:
     """`lrlab estimate`: the CLI turns its ConfigError into one line (`lrlab.cli.guarded`)."""
     from lrlab.train import compose
-    from lrlab.validation import check_config, check_structure
+    from lrlab.validate import check_config, check_structure
 
     cfg = compose(list(args.overrides), run_dir="/nonexistent")
     check_structure(cfg)
