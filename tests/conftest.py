@@ -1,4 +1,6 @@
+import hashlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,3 +110,14 @@ def make_task():
                             total_steps=1, num_classes=num_classes)
 
     return make
+
+
+def tree_digest(root: Path) -> str:
+    """Every path under `root` (folders included) with the bytes of every file."""
+    digest = hashlib.sha256()
+    if root.exists():
+        for path in sorted(root.rglob("*")):
+            digest.update(str(path.relative_to(root)).encode())
+            if path.is_file():
+                digest.update(path.read_bytes())
+    return digest.hexdigest()

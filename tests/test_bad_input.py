@@ -1,28 +1,19 @@
 """Every class of bad input in docs/errors.md: one line `error: KEY=VALUE: ...` on stderr, exit 2,
 and the outputs tree byte-identical to before (a finished run in it included)."""
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import tree_digest
 
 SMOKE = ["experiment=baseline/digits_mlp_adamw", "debug=smoke", "logger=none"]
 LM_SMOKE = ["debug=smoke", "logger=none", "data.max_tokens=40000"]
 UNAVAILABLE = "tpu" if torch.cuda.is_available() else "gpu"
 
 
-def tree_digest(root: Path) -> str:
-    """Every path under `root` (folders included) with the bytes of every file."""
-    digest = hashlib.sha256()
-    if root.exists():
-        for path in sorted(root.rglob("*")):
-            digest.update(str(path.relative_to(root)).encode())
-            if path.is_file():
-                digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,13 @@
 parameters (through projection refreshes and the lr schedule), holds one gradient at a time,
 resumes exactly, and refuses what cannot combine with it with one line."""
 
-import hashlib
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import tree_digest
 from lrlab.optim import adamw, frugal, layerwise, lowrank_adam, schedule
 
 BUILDERS = {
@@ -103,14 +103,6 @@ def test_layerwise_run_and_its_resume_equal_the_normal_run(make_cfg, tmp_path):
     assert stepped["metrics"]["final"]["val/loss"] == pytest.approx(normal["metrics"]["final"]["val/loss"], abs=1e-5)
 
 
-def _digest(root: Path) -> str:
-    digest = hashlib.sha256()
-    if root.exists():
-        for path in sorted(root.rglob("*")):
-            digest.update(str(path.relative_to(root)).encode())
-            if path.is_file():
-                digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 SMOKE = ["debug=smoke", "logger=none", "data.max_tokens=40000", "optimizer.layerwise=true"]
@@ -131,9 +123,9 @@ REFUSED = {
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_what_cannot_combine_is_refused_in_one_line(cli, tmp_path, case):
     extra, key = REFUSED[case]
-    before = _digest(tmp_path)
+    before = tree_digest(tmp_path)
     code, _, err = cli("train", *SMOKE, *extra)
     lines = err.strip().splitlines()
     assert code == 2, err[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], err[-2000:]
-    assert _digest(tmp_path) == before
+    assert tree_digest(tmp_path) == before
