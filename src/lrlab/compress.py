@@ -65,11 +65,13 @@ def load_run(ckpt: Path):
     """(config, data module, task with the checkpoint's model weights) of the checkpoint's run."""
     from lrlab.build import build_parts
 
-    require(ckpt.is_file(), "ckpt", str(ckpt), "an existing checkpoint file")
+    from lrlab.resume import load_whole
+
+    require(ckpt.exists(), "ckpt", str(ckpt), "an existing checkpoint (file, or sharded directory)")
     config_path = ckpt.resolve().parent.parent / "config.yaml"
     require(config_path.is_file(), "ckpt", str(ckpt), f"must lie in <run>/checkpoints/ next to {config_path.name}")
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        state = load_whole(ckpt)["state_dict"]
     except Exception as err:  # any unpickling failure means the file is not a usable checkpoint
         raise ConfigError("ckpt", str(ckpt), f"unreadable checkpoint ({type(err).__name__})") from None
     cfg = OmegaConf.load(config_path)

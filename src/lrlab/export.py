@@ -1,7 +1,7 @@
 """`lrlab export RUN_DIR [--out DIR]`: a trained run as a folder other tools load.
 
 The run is rebuilt from its `config.yaml` with the weights of `checkpoints/last.ckpt`
-(`lrlab.compress.load_run`). Then, by what its methods say (`Method.export_adapter`,
+(`lrlab.compress.load_run`; FSDP2's sharded directory is joined in this process). Then, by what its methods say (`Method.export_adapter`,
 `Method.export`; nothing here names a method):
 - a method with an adapter format of its own (PEFT) and no other method that changes the model:
   that format, saved by its `save_pretrained` (`PeftModel.from_pretrained(base, DIR)` restores
@@ -60,7 +60,7 @@ def export(run_dir: str, out: str | None = None) -> dict:
 
     run = Path(run_dir)
     checkpoint = run / "checkpoints" / "last.ckpt"
-    require(run.is_dir() and checkpoint.is_file(), "run_dir", run_dir, "a run dir holding checkpoints/last.ckpt")
+    require(run.is_dir() and checkpoint.exists(), "run_dir", run_dir, "a run dir holding checkpoints/last.ckpt")
     out_dir = Path(out) if out else run / "export"
     require(not out_dir.exists(), "out", str(out_dir), "already exists: choose another --out (results are kept)")
     cfg, datamodule, task = load_run(checkpoint)

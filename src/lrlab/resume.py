@@ -7,8 +7,10 @@ step (the same update); these are applied and recorded. Any other difference (mo
 regularizers, seed, batch size, precision, devices) would continue the old run under a new
 label, so it is refused before anything is written, naming the keys.
 
-Every load here is `torch.load(weights_only=True)` (memory-mapped: only what is read is paged
-in), so a planted checkpoint cannot run code even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set.
+A checkpoint is a file, or (FSDP2's sharded format, `lrlab.sharded_checkpoint`) a directory
+that counts only when its metadata and every shard read. Every load here is
+`torch.load(weights_only=True)` (memory-mapped: only what is read is paged in), so a planted
+checkpoint cannot run code even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set.
 """
 
 import re
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lrlab import sharded_checkpoint as sharded
 from lrlab.errors import ConfigError
 
 MAY_CHANGE = ("trainer.max_steps", "trainer.max_epochs", "trainer.val_check_interval",
@@ -42,14 +45,22 @@ class Start:
 
 
 def load(path) -> dict:
+    """A checkpoint file, or a sharded directory's metadata once every shard has been read."""
+    if sharded.is_sharded(path):
+        return sharded.read(path)[0]
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def load_whole(path) -> dict:
+    """The checkpoint with its weights and optimizer state (a sharded one joined in this process)."""
+    return sharded.consolidated(path) if sharded.is_sharded(path) else load(path)
 
 
 def try_load(path: Path) -> tuple[dict | None, str | None]:
     """(checkpoint, None), or (None, why it cannot be used)."""
     try:
         checkpoint = load(path)
-    except Exception as err:  # truncated zip, pickle refused by weights_only, not a checkpoint at all
+    except Exception as err:  # truncated zip, pickle refused by weights_only, a shard missing, not a checkpoint
         first = str(err).strip().split(". ")[0].splitlines()[0] if str(err).strip() else ""
         return None, f"{type(err).__name__}: {first[:120]}"
     if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
@@ -58,7 +69,8 @@ def try_load(path: Path) -> tuple[dict | None, str | None]:
 
 
 def candidates(run_dir: Path) -> list[Path]:
-    """`last.ckpt`, then the periodic `stepNNNNNN.ckpt` files from the newest."""
+    """`last.ckpt` (or the sharded `last.ckpt` that a kill left set aside while its successor was
+    renamed into place), then the periodic `stepNNNNNN.ckpt` files or directories from the newest."""
     folder = Path(run_dir) / "checkpoints"
 
     def step(path: Path) -> int:
@@ -67,7 +79,7 @@ def candidates(run_dir: Path) -> list[Path]:
 
     periodic = sorted((p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"), key=step, reverse=True)
     last = folder / "last.ckpt"
-    return ([last] if last.exists() else []) + periodic
+    return [path for path in (last, sharded.previous(last)) if path.exists()] + periodic
 
 
 def newest_readable(run_dir: Path) -> tuple[Path | None, dict | None, list[str]]:

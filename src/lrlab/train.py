@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrlab import conf_dir, objective, parallel, resolvers  # noqa: F401  (resolvers registers ${mul:...}, ${stamp:...})
 from lrlab import resume as resuming
-from lrlab import rundir
+from lrlab import rundir, sharded_checkpoint
 from lrlab.build import build_parts, check_optimizer, compose  # compose: also the public `lrlab.train.compose`
 from lrlab.callbacks import summary as summary_io
 from lrlab.callbacks.checkpoint import AtomicCheckpointIO, CheckpointGuard, NonFiniteStateError, non_finite
@@ -45,6 +45,7 @@ from lrlab.callbacks.resume import ApplyResumeChanges
 from lrlab.callbacks.summary import RunStopped, RunSummary
 from lrlab.callbacks.throughput import Throughput
 from lrlab.errors import ConfigError, require
+from lrlab.fsdp2 import fsdp2_strategy
 from lrlab.instantiate import instantiate_node
 from lrlab.tasks.base import NonFiniteLossError
 from lrlab.validate import check_config, check_structure
@@ -93,23 +94,27 @@ def apply_determinism(cfg: DictConfig) -> None:
 
 
 # --- the trainer ----------------------------------------------------------------------------
-def fsdp2_strategy(devices, num_nodes: int):
-    """Every process shards the model (one data-parallel dimension over all of them). Lightning's
-    default splits the mesh into data parallel over nodes × tensor parallel within a node, which
-    with no tensor-parallel plan leaves the ranks of a node training apart."""
-    from lightning.pytorch.strategies import ModelParallelStrategy
-
-    processes = devices * num_nodes if isinstance(devices, int) and devices > 0 else "auto"
-    return ModelParallelStrategy(data_parallel_size=processes, tensor_parallel_size=1, save_distributed_checkpoint=False)
+def checkpoint_format(trainer: dict) -> str | None:
+    """`trainer.checkpoint_format` (FSDP2 only): `sharded` (each rank writes its own pieces) or
+    `consolidated` (one file gathered on rank 0)."""
+    chosen = trainer.get("checkpoint_format")
+    if chosen is None:
+        return None
+    require(trainer.get("strategy") == "fsdp2", "trainer.checkpoint_format", chosen,
+            "only with trainer=fsdp2 (every other strategy writes one file)")
+    require(chosen in sharded_checkpoint.FORMATS, "trainer.checkpoint_format", chosen, f"one of {', '.join(sharded_checkpoint.FORMATS)}")
+    return chosen
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict:
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
               if k != "enable_progress_bar"}
+    form = checkpoint_format(kwargs)
+    kwargs.pop("checkpoint_format", None)
     strategy = kwargs.pop("strategy", "auto")
     if strategy == "fsdp2":
-        strategy = fsdp2_strategy(kwargs.get("devices"), kwargs.get("num_nodes") or 1)
-    kwargs["plugins"] = [AtomicCheckpointIO()]  # FSDP2 too: its consolidated file is written by rank 0 through it
+        strategy = fsdp2_strategy(kwargs.get("devices"), kwargs.get("num_nodes") or 1, form or "sharded")
+    kwargs["plugins"] = [AtomicCheckpointIO()]  # FSDP2 consolidated too: rank 0 writes its file through it
     return {**kwargs, "strategy": strategy, "deterministic": determinism(cfg), "use_distributed_sampler": False,
             "enable_model_summary": False}
 
@@ -117,6 +122,7 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
 def check_trainer(cfg: DictConfig) -> None:
     """Build a bare Trainer from the config, so that unknown keys, precisions or accelerators
     fail before anything is written."""
+    checkpoint_format(OmegaConf.to_container(cfg.trainer, resolve=True))
     try:
         L.Trainer(**trainer_kwargs(cfg), logger=False, enable_checkpointing=False, enable_progress_bar=False)
     except TypeError as err:
@@ -167,11 +173,12 @@ def resolve_start(cfg: DictConfig, run_dir: Path) -> resuming.Start:
     """The checkpoint this run continues from, checked against the new config."""
     if cfg.get("ckpt_path"):
         path = Path(str(cfg.ckpt_path))
-        require(path.is_file(), "ckpt_path", str(path), "must be an existing checkpoint file")
+        require(path.exists(), "ckpt_path", str(path), "must be an existing checkpoint (file, or sharded directory)")
         checkpoint, reason = resuming.try_load(path)
         if checkpoint is None:
             raise ConfigError("ckpt_path", str(path), f"unreadable checkpoint ({reason})")
         changed = resuming.checked_changes(checkpoint, cfg, "ckpt_path", str(path), _config_yaml(path.parent.parent))
+        check_processes(checkpoint, cfg, "ckpt_path", str(path))
         return resuming.Start(str(path), int(checkpoint["global_step"]), changed)
     resume = cfg.get("resume")
     if resume in (None, False, "none"):
@@ -185,7 +192,15 @@ def resolve_start(cfg: DictConfig, run_dir: Path) -> resuming.Start:
                 f"{run_dir} holds a summary but no checkpoint to continue from: start a new run_name")
         return resuming.Start()
     changed = resuming.checked_changes(checkpoint, cfg, "resume", resume, _config_yaml(run_dir))
+    check_processes(checkpoint, cfg, "resume", resume)
     return resuming.Start(str(path), int(checkpoint["global_step"]), changed, skipped)
+
+
+def check_processes(checkpoint: dict, cfg: DictConfig, key: str, value) -> None:
+    """A sharded checkpoint resumes only on the number of processes that wrote it."""
+    if "shards" in checkpoint:
+        devices, nodes = cfg.trainer.get("devices"), int(cfg.trainer.get("num_nodes") or 1)
+        sharded_checkpoint.check_world_size(checkpoint, devices * nodes if isinstance(devices, int) else None, key, value)
 
 
 def completed(cfg: DictConfig, run_dir: Path) -> dict | None:
@@ -351,8 +366,11 @@ class TrainingFailed(RuntimeError):
 def last_finite_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
     """The newest checkpoint that loads and holds only finite values."""
     for path in resuming.candidates(run_dir):
-        checkpoint, _ = resuming.try_load(path)
-        if checkpoint is not None and not non_finite(checkpoint):
+        try:
+            checkpoint = resuming.load_whole(path)
+        except Exception:  # unreadable or incomplete: not a place to resume from
+            continue
+        if isinstance(checkpoint, dict) and "global_step" in checkpoint and not non_finite(checkpoint):
             return path, int(checkpoint["global_step"])
     return None
 

@@ -6,7 +6,8 @@
   filesystems, which a kill or a full disk leaves truncated. Loads are always
   `weights_only=True`, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says.
 - `CheckpointGuard` (always on): refuses to save parameters or optimizer state holding a NaN or
-  inf (`NonFiniteStateError`; the last finite checkpoint stays), and stores the run's resolved
+  inf (`NonFiniteStateError`; the last finite checkpoint stays; under sharded FSDP2 checkpoints
+  each rank checks its own pieces and every rank stops if any found one), and stores the run's resolved
   config in each checkpoint so that a resume can tell what it continues.
 - `Checkpoint` (`callbacks.checkpoint`): Lightning's ModelCheckpoint, with `last.ckpt` written
   after the validation of its step (a save due at a step that validates waits for the
@@ -65,6 +66,13 @@ def non_finite(checkpoint: dict) -> list[str]:
     return found
 
 
+def on_any_rank(names: list[str]) -> list[str]:
+    """The names found on any rank, rank 0's first."""
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, names)
+    return list(dict.fromkeys(name for found in gathered for name in found))
+
+
 class CheckpointGuard(L.Callback):
     def __init__(self, config: dict):
         self.config = config
@@ -73,6 +81,8 @@ class CheckpointGuard(L.Callback):
         if hasattr(pl_module, "check_losses"):
             pl_module.check_losses()  # a diverged loss is named before the state it left
         bad = non_finite(checkpoint)
+        if getattr(trainer.strategy, "shards_checkpoints", False):
+            bad = on_any_rank(bad)  # each rank checked its own pieces: all stop, or none
         if bad:
             raise NonFiniteStateError(int(checkpoint["global_step"]), bad)
         checkpoint["lrlab"] = {"config": self.config}
