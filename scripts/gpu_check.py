@@ -129,13 +129,15 @@ def resumed_equal(name: str, overrides: list[str], split: int, out: Path, log) -
     """(the straight run's summary, '' or why the resumed run differs)."""
     import torch
 
+    from lrlab.resume import load_whole
+
     straight = train(name, overrides, out, log)
     if straight is None:
         return None, "the straight run failed"
     checkpoint = out / "runs" / name / "checkpoints" / f"step{split:06d}.ckpt"
     if train(f"{name}_from_{split}", [*overrides, f"ckpt_path={checkpoint}"], out, log) is None:
         return straight, "the resumed run failed"
-    last = [torch.load(out / "runs" / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    last = [load_whole(out / "runs" / run / "checkpoints" / "last.ckpt")
             for run in (name, f"{name}_from_{split}")]
     differ = {k: float((a.float() - last[1]["state_dict"][k].float()).abs().max())
               for k, a in last[0]["state_dict"].items() if not torch.equal(a, last[1]["state_dict"][k])}

@@ -81,6 +81,9 @@ CASES = {
     "finished run": ([*SMOKE, "run_name=keep"], "run_name='keep'"),
     "finished grid": (["-m", *SMOKE, "optimizer.lr=1e-3,3e-3", "run_name=grid"], "run_name='grid'"),
     "changed config on resume": ([*SMOKE, "run_name=keep", "resume=auto", "optimizer=sgd"], "resume='auto'"),
+    "checkpoint format without fsdp2": ([*SMOKE, "+trainer.checkpoint_format=sharded"], "trainer.checkpoint_format"),
+    "unknown checkpoint format": ([*LM_SMOKE, "trainer=fsdp2", "trainer.accelerator=cpu",
+                                   "trainer.checkpoint_format=dcp"], "trainer.checkpoint_format='dcp'"),
     "bad value in one grid job": (["-m", *SMOKE, "optimizer.lr=1e-3,inf", "run_name=new_grid"], "optimizer.lr=inf"),
 }
 

@@ -72,29 +72,101 @@ def lrlab(*args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+FSDP2_DCT = ["model=llama_tiny", "data.seq_len=32", "data.max_tokens=20000", "logger=none", "trainer=fsdp2",
+             "trainer.accelerator=cpu", "trainer.max_steps=8", "trainer.val_check_interval=4",
+             "trainer.limit_val_batches=1", "optimizer=dct", "optimizer.rank=8", "optimizer.update_proj_gap=3",
+             "callbacks.checkpoint.every_n_train_steps=4", "callbacks.checkpoint.save_top_k=-1"]
+
+
+@pytest.fixture(scope="module")
+def fsdp2_runs(tmp_path_factory):
+    """FSDP2 on 2 processes, DCT with T = 3: for each checkpoint format, 8 steps straight and 4 steps
+    + the step-4 checkpoint + 4 (the resume falls between refreshes; DCT's integer indices travel)."""
+    root = tmp_path_factory.mktemp("fsdp2")
+    runs = root / "outputs" / "runs"
+    for form in ("sharded", "consolidated"):
+        chosen = [*FSDP2_DCT, f"trainer.checkpoint_format={form}"]
+        done = lrlab(*chosen, f"run_name={form}", cwd=root)
+        assert done.returncode == 0, done.stderr[-3000:]
+        mid = runs / form / "checkpoints" / "step000004.ckpt"
+        done = lrlab(*chosen, f"ckpt_path={mid}", f"run_name={form}_resumed", cwd=root)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return runs
+
+
+def same(first, second) -> bool:
+    if isinstance(first, torch.Tensor):
+        return isinstance(second, torch.Tensor) and first.dtype == second.dtype and torch.equal(first, second)
+    if isinstance(first, dict):
+        return first.keys() == second.keys() and all(same(first[k], second[k]) for k in first)
+    if isinstance(first, (list, tuple)):
+        return len(first) == len(second) and all(same(a, b) for a, b in zip(first, second))
+    return first == second
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["dct"])
-def test_fsdp2_resume_between_refreshes_matches_straight(tmp_path, optimizer):
-    """FSDP2 on 2 processes: 8 steps straight == 4 steps, then the step-4 checkpoint + 4 (T = 3,
-    so the resume falls between refreshes, and DCT's integer indices travel). The checkpoint is
-    one file (gathered from the shards on save) that `torch.load(weights_only=True)` reads."""
-    common = ["model=llama_tiny", "data.seq_len=32", "data.max_tokens=20000", "logger=none", "trainer=fsdp2",
-              "trainer.accelerator=cpu", "trainer.max_steps=8", "trainer.val_check_interval=4",
-              "trainer.limit_val_batches=1", f"optimizer={optimizer}", "optimizer.rank=8",
-              "optimizer.update_proj_gap=3", "callbacks.checkpoint.every_n_train_steps=4",
-              "callbacks.checkpoint.save_top_k=-1"]
-    done = lrlab(*common, "run_name=straight", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = tmp_path / "outputs" / "runs"
-    mid = runs / "straight" / "checkpoints" / "step000004.ckpt"
-    done = lrlab(*common, f"ckpt_path={mid}", "run_name=resumed", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    straight, resumed = (torch.load(runs / name / "checkpoints" / "last.ckpt", weights_only=True)
-                         for name in ("straight", "resumed"))
+@pytest.mark.parametrize("form", ["sharded", "consolidated"])
+def test_fsdp2_resume_between_refreshes_matches_straight(fsdp2_runs, form):
+    """Weights and optimizer state (moments, DCT's indices, steps) after the resume equal the
+    straight run's bit for bit."""
+    from lrlab.resume import load_whole
+
+    straight, resumed = (load_whole(fsdp2_runs / name / "checkpoints" / "last.ckpt") for name in (form, f"{form}_resumed"))
     assert resumed["global_step"] == straight["global_step"] == 8
-    assert all(torch.equal(straight["state_dict"][k], resumed["state_dict"][k]) for k in straight["state_dict"])
+    assert same(straight["state_dict"], resumed["state_dict"])
+    assert same(straight["optimizer_states"], resumed["optimizer_states"])
     first = next(iter(straight["optimizer_states"][0]["state"].values()))
     assert first["exp_avg"].shape[0] == 128 or first["exp_avg"].shape[1] == 128  # whole, not one shard's rows
+
+
+@pytest.mark.slow
+def test_fsdp2_sharded_checkpoint_is_each_ranks_pieces_loadable_weights_only(fsdp2_runs):
+    """Each rank's file holds its rows of the embedding (no rank holds the whole weight); every
+    file of every checkpoint loads with weights_only=True; joined, the weights equal the
+    consolidated format's."""
+    from lrlab.resume import load_whole
+
+    checkpoints = fsdp2_runs / "sharded" / "checkpoints"
+    files = sorted(p for p in checkpoints.rglob("*") if p.is_file())
+    assert [p.name for p in files if p.parent.name == "last.ckpt"] == [
+        "meta.pt", "shard-00000-of-00002.pt", "shard-00001-of-00002.pt"]
+    for path in files:
+        torch.load(path, weights_only=True)
+    for rank in (0, 1):
+        shard = torch.load(checkpoints / "last.ckpt" / f"shard-0000{rank}-of-00002.pt", weights_only=True)
+        embedding = shard["state_dict"]["model.model.embed_tokens.weight"]
+        assert embedding["local"].shape[0] * 2 == embedding["global_shape"][0]
+        assert embedding["global_offset"] == [rank * embedding["local"].shape[0], 0]
+    joined = load_whole(checkpoints / "last.ckpt")["state_dict"]
+    assert same(joined, load_whole(fsdp2_runs / "consolidated" / "checkpoints" / "last.ckpt")["state_dict"])
+
+
+@pytest.mark.slow
+def test_export_from_a_sharded_checkpoint_equals_export_from_a_consolidated_one(fsdp2_runs, tmp_path):
+    from safetensors.torch import load_file
+
+    from lrlab.export import export
+
+    exported = {form: export(str(fsdp2_runs / form), str(tmp_path / form)) for form in ("sharded", "consolidated")}
+    assert exported["sharded"]["saved_with"] == exported["consolidated"]["saved_with"] == "save_pretrained"
+    weights = [load_file(str(tmp_path / form / "model.safetensors")) for form in ("sharded", "consolidated")]
+    assert len(weights[0]) > 0 and same(*weights)
+
+
+@pytest.mark.slow
+def test_fsdp2_resume_auto_passes_over_a_checkpoint_a_kill_left_without_metadata(fsdp2_runs, tmp_path):
+    """A copy of the sharded run whose last.ckpt lost its metadata (killed before rank 0 wrote it):
+    resume=auto continues from step000008.ckpt and names what it passed over."""
+    import shutil
+
+    from lrlab.resume import newest_readable
+
+    copy = tmp_path / "outputs" / "runs" / "sharded"
+    shutil.copytree(fsdp2_runs / "sharded", copy)
+    (copy / "checkpoints" / "last.ckpt" / "meta.pt").unlink()
+    path, checkpoint, skipped = newest_readable(copy)
+    assert path.name == "step000008.ckpt" and checkpoint["global_step"] == 8
+    assert skipped == ["last.ckpt (ValueError: incomplete: no meta.pt)"]
 
 
 def test_every_method_is_verified_under_fsdp2_or_refused():

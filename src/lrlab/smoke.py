@@ -201,6 +201,7 @@ def verdict(straight: dict, resumed: dict, out: Path) -> str:
     import torch
 
     from lrlab.callbacks.summary import KEYS
+    from lrlab.resume import load_whole
 
     for name, summary in (("straight", straight), ("resumed", resumed)):
         if summary is None or set(summary) != set(KEYS):
@@ -212,7 +213,7 @@ def verdict(straight: dict, resumed: dict, out: Path) -> str:
             return f"{name} run's validation metrics are missing or not finite: {final}"
     if resumed["metrics"]["final"] != straight["metrics"]["final"]:
         return f"the resumed run's metrics {resumed['metrics']['final']} differ from {straight['metrics']['final']}"
-    last = [torch.load(out / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    last = [load_whole(out / run / "checkpoints" / "last.ckpt")
             for run in ("straight", "resumed")]
     if last[0]["global_step"] != last[1]["global_step"]:
         return f"last.ckpt holds step {last[0]['global_step']} in the straight run, {last[1]['global_step']} resumed"
