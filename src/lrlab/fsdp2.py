@@ -2,35 +2,33 @@
 lrlab's sharded checkpoints (`lrlab.sharded_checkpoint`) or one consolidated file
 (`trainer.checkpoint_format`)."""
 
-import shutil
 from pathlib import Path
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lrlab.rundir import atomic_write
-from lrlab.sharded_checkpoint import (META, check_world_size, from_pieces, is_sharded, load_file, read_meta,
-                                      replace_dir, shard_name, staging, to_pieces)
+from lrlab.sharded_checkpoint import (META, check_world_size, from_pieces, is_sharded, load_file, read_meta, remove,
+                                      replace, shard_name, staging, to_pieces)
 
 
-def fsdp2_strategy(devices, num_nodes: int, checkpoint_format: str) -> ModelParallelStrategy:
+def fsdp2_strategy(devices, num_nodes: int, checkpoint_format: str) -> "FSDP2Strategy":
     """Every process shards the model (one data-parallel dimension over all of them). Lightning's
     default splits the mesh into data parallel over nodes × tensor parallel within a node, which
-    with no tensor-parallel plan leaves the ranks of a node training apart. `consolidated`: rank 0
-    gathers the whole state at each save and writes one file through the plugin's atomic writer."""
+    with no tensor-parallel plan leaves the ranks of a node training apart."""
     processes = devices * num_nodes if isinstance(devices, int) and devices > 0 else "auto"
-    if checkpoint_format == "sharded":
-        return ShardedModelParallelStrategy(data_parallel_size=processes, tensor_parallel_size=1)
-    return ModelParallelStrategy(data_parallel_size=processes, tensor_parallel_size=1, save_distributed_checkpoint=False)
+    return FSDP2Strategy(checkpoint_format == "sharded", data_parallel_size=processes, tensor_parallel_size=1)
 
 
-class ShardedModelParallelStrategy(ModelParallelStrategy):
-    """Lightning's `ModelParallelStrategy` that saves and resumes lrlab's sharded directories."""
+class FSDP2Strategy(ModelParallelStrategy):
+    """Lightning's `ModelParallelStrategy` that saves lrlab's sharded directories (`sharded`) or
+    one file gathered on rank 0 and written through the plugin's atomic writer, and resumes from
+    either (a run may change `trainer.checkpoint_format` on resume; its next save replaces
+    `last.ckpt` in the new format)."""
 
-    shards_checkpoints = True
-
-    def __init__(self, **kwargs):
-        super().__init__(save_distributed_checkpoint=True, **kwargs)
+    def __init__(self, sharded: bool, **kwargs):
+        super().__init__(save_distributed_checkpoint=sharded, **kwargs)
+        self.shards_checkpoints = sharded
 
     def _all_done(self, work) -> None:
         """Run `work` (None: nothing to do here) on this rank; if it failed on any rank, raise on
@@ -46,10 +44,19 @@ class ShardedModelParallelStrategy(ModelParallelStrategy):
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         path = Path(self.broadcast(str(filepath)))
+        if self.shards_checkpoints:
+            self._save_sharded(checkpoint, path)
+        elif path.is_dir():  # a sharded checkpoint of this run from before a format change
+            super().save_checkpoint(checkpoint, staging(path))
+            self._all_done((lambda: replace(staging(path), path)) if self.is_global_zero else None)
+        else:
+            super().save_checkpoint(checkpoint, path)
+
+    def _save_sharded(self, checkpoint: dict, path: Path) -> None:
         partial, world = staging(path), self.world_size
 
         def make_staging():
-            shutil.rmtree(partial, ignore_errors=True)
+            remove(partial)
             partial.mkdir(parents=True)
 
         self._all_done(make_staging if self.is_global_zero else None)
@@ -61,7 +68,7 @@ class ShardedModelParallelStrategy(ModelParallelStrategy):
 
         def finish():
             atomic_write(partial / META, lambda out: torch.save(meta, out))
-            replace_dir(partial, path)
+            replace(partial, path)
 
         self._all_done(finish if self.is_global_zero else None)
 
@@ -85,10 +92,5 @@ class ShardedModelParallelStrategy(ModelParallelStrategy):
         return meta
 
     def remove_checkpoint(self, filepath) -> None:
-        if not self.is_global_zero:
-            return
-        path = Path(filepath)
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+        if self.is_global_zero:
+            remove(Path(filepath))

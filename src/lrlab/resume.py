@@ -2,8 +2,9 @@
 
 A resume continues what was trained. It may change how long (`trainer.max_steps`, the lr
 schedule), how the run is watched (logging, validation interval and batches, callbacks,
-loggers), the learning rate and clipping (to recover from a divergence) and the layer-wise
-step (the same update); these are applied and recorded. Any other difference (model, data, optimizer and its settings, adapter,
+loggers), the learning rate and clipping (to recover from a divergence), the layer-wise
+step (the same update) and FSDP2's checkpoint format (the same state); these are applied and
+recorded. Any other difference (model, data, optimizer and its settings, adapter,
 regularizers, seed, batch size, precision, devices) would continue the old run under a new
 label, so it is refused before anything is written, naming the keys.
 
@@ -26,6 +27,7 @@ from lrlab.errors import ConfigError
 MAY_CHANGE = ("trainer.max_steps", "trainer.max_epochs", "trainer.val_check_interval",
               "trainer.check_val_every_n_epoch", "trainer.limit_val_batches", "trainer.log_every_n_steps",
               "trainer.enable_progress_bar", "trainer.num_sanity_val_steps", "trainer.gradient_clip_val",
+              "trainer.checkpoint_format",
               "optimizer.lr", "optimizer.layerwise", "scheduler", "logger", "callbacks", "paths", "run_name", "resume",
               "ckpt_path", "deterministic", "threads", "objective", "sweep")
 SHOWN_KEYS = 6

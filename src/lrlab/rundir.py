@@ -62,13 +62,16 @@ def write_text(path, text: str) -> None:
 
 
 def remove_partials(run_dir: Path) -> None:
-    """Temp files of writes that a kill interrupted, and sharded checkpoints it left half-written
-    (`.<name>.ckpt.saving/`); only called while holding the run's lock."""
+    """Temp files of writes that a kill interrupted, and checkpoints it left half-written under
+    FSDP2 (`.<name>.ckpt.saving`); only called while holding the run's lock."""
     for stale in Path(run_dir).rglob(f".*{PARTIAL}"):
         if stale.is_file():
             stale.unlink(missing_ok=True)
     for stale in Path(run_dir).glob("checkpoints/.*.saving"):
-        shutil.rmtree(stale, ignore_errors=True)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 # --- one writer ---------------------------------------------------------------------------

@@ -13,8 +13,8 @@ reads each one. No rank gathers another rank's pieces: saving needs no memory be
 rank's own shard.
 
 Written atomically as a whole: the files go to `.<name>.ckpt.saving/` (each through
-`rundir.atomic_write`), then rank 0 renames that directory into place. A directory that
-already holds the name (`last.ckpt`) is first renamed to `.<name>.ckpt.previous`, which a
+`rundir.atomic_write`), then rank 0 renames that directory into place (`replace`). A checkpoint
+that already holds the name (`last.ckpt`) is first renamed to `.<name>.ckpt.previous`, which a
 resume reads when a kill fell between the two renames (`previous`). A checkpoint without its
 `meta.pt` or with a missing or unreadable shard is incomplete: `read` refuses it, so
 `resume=auto` passes over it.
@@ -178,13 +178,20 @@ def check_world_size(meta: dict, processes, key: str, value) -> None:
 
 
 # --- writing ----------------------------------------------------------------------------------
-def replace_dir(source: Path, target: Path) -> None:
-    """Rename the complete `source` to `target`; an existing `target` stays readable as
-    `previous(target)` until the new one is in place."""
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace(source: Path, target: Path) -> None:
+    """Rename the complete `source` (a directory, or a file) to `target`; an existing `target`
+    stays readable as `previous(target)` until the new one is in place."""
     aside = previous(target)
     if target.exists():
-        shutil.rmtree(aside, ignore_errors=True)
+        remove(aside)
         os.replace(target, aside)
     os.replace(source, target)
     fsync_dir(target.parent)
-    shutil.rmtree(aside, ignore_errors=True)
+    remove(aside)
