@@ -1,8 +1,8 @@
 """`lrlab export RUN_DIR [--out DIR]`: a trained run as a folder other tools load.
 
 The run is rebuilt from its `config.yaml` with the weights of `checkpoints/last.ckpt`
-(`lrlab.compress.load_run`; FSDP2's sharded directory is joined in this process). Then, by what its methods say (`Method.export_adapter`,
-`Method.export`; nothing here names a method):
+(`lrlab.compress.load_run`; FSDP2's sharded directory is joined in this process). Then, by what
+its methods say (`Method.export_adapter`, `Method.export`; nothing here names a method):
 - a method with an adapter format of its own (PEFT) and no other method that changes the model:
   that format, saved by its `save_pretrained` (`PeftModel.from_pretrained(base, DIR)` restores
   it onto the untouched base model, the fully trained modules included);

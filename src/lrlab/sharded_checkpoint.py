@@ -22,7 +22,9 @@ resume reads when a kill fell between the two renames (`previous`). A checkpoint
 Torch's own distributed checkpoint format (`torch.distributed.checkpoint`, Lightning's
 `save_distributed_checkpoint=True`) is not used: its `.metadata` file is read with plain
 `pickle.load` (`FileSystemReader.read_metadata`, torch 2.13), which runs whatever code a
-planted file holds, and its files are written in place, not renamed into place.
+planted file holds; and Lightning writes its data files into the checkpoint's own directory,
+so a save over `last.ckpt` overwrites the previous one's files before the new one is complete
+(only `.metadata` goes through a temp file and a rename).
 
 A resume needs the world size the checkpoint was written with (`check_world_size`; one line,
 exit 2 otherwise); `consolidated` joins the pieces in one process (`lrlab export`, the
