@@ -20,7 +20,7 @@ follows G's rows sharded the same way and the rest replicated:
   scalar (right side) or of n column norms (left side). The residual G_i − α·back(R)_i, FRUGAL's
   signSGD on it, and the update are local.
 
-Values each rank sends into a collective per projected weight (fp32):
+Values each rank hands to collectives per projected weight (fp32):
 
 | side | between refreshes | at a refresh |
 |---|---|---|
@@ -30,14 +30,16 @@ Values each rank sends into a collective per projected weight (fp32):
 | left, Fira | r·n + n | m·n + r·n + n |
 
 (an all-reduce of k values moves about 2·(W−1)/W·k per rank, an all-gather of G (W−1)/W·m·n).
-The whole-gradient gather that the refresh needs every T steps was, before this scheme, taken at
-every step: no rule of the step needs G whole between refreshes.
+No rule of the step needs G whole between refreshes, so G is gathered only for the refresh;
+measured against gathering it at every step: docs/scale.md.
 
 State per rank: the row-sharded tensors (P, or the right side's moments) are stored as DTensors
 with the weight's placement, so the checkpoint (`get_optimizer_state_dict(full_state_dict=True)`)
 gathers them whole and a resume distributes them back by rows; replicated state (Q, DCT indices,
 the left side's moments, Fira's last norm) is stored whole. `ROW_SHARDED` names which is which,
-for `state.state_bytes` and `lrlab estimate`.
+for `state.fsdp2_state_bytes` (`lrlab estimate`). Per rank: right side 2·⌈m/W⌉·r + r·n values, left
+side ⌈m/W⌉·r + 2·r·n (a DCT basis is r int64 indices instead of Q or P). The step's full-size temporaries
+are the rank's rows (⌈m/W⌉×n), except the gathered G at a refresh.
 """
 
 import torch
