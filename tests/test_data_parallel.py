@@ -58,8 +58,10 @@ SPECIAL = {
     "optimizer/frugal_svd": 0.05,
     # FSDP2 (llama): GaLore's refresh is a rank-8 SVD of the first gradients, whose top singular
     # vectors move by ε/gap with gaps down to ~1e-3 there; measured 1.2e-4. Fira's residual
-    # carries the dropped directions back in: 2.1e-5. These and the adapters' and
-    # parametrizations' FSDP2 runs were equal bit for bit to DDP's when measured; DDP itself
+    # carries the dropped directions back in: 2.1e-5 (both the same with the row-sharded step,
+    # which sums Pᵀ·G over the ranks; FRUGAL's SVD variant 4.1e-3, DCT 1.6e-7). These and the
+    # adapters' and parametrizations' FSDP2 runs, with the gradient gathered at every step, were
+    # equal bit for bit to DDP's when measured; DDP itself
     # differs from one process on llama by up to 3.5e-5 (SVFit), as Adam turns the round-off of
     # gradient entries that cancel to near zero into lr-sized steps.
     "fsdp2/galore": 1e-3, "fsdp2/fira": SPECTRAL, "fsdp2/frugal_svd": 0.05,

@@ -92,3 +92,26 @@ def test_total_is_within_15_percent_of_the_measured_cpu_peak():
     spec.loader.exec_module(check)
     predicted, measured = check.compare("llama_20m")
     assert abs(predicted - measured) <= 0.15 * measured, (predicted, measured)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["adamw", "galore", "dct"])
+def test_fsdp2_optimizer_state_equals_rank_zeros_in_a_two_process_run(make_cfg, tmp_path, method):
+    """Under `trainer=fsdp2` on 2 processes the estimate counts what rank 0 holds (its rows of
+    Adam's moments, of P and of the right side's low-rank moments; Q, DCT indices and the left
+    side's moments whole), as the run's summary reports it."""
+    import os
+    import subprocess
+    import sys
+
+    overrides = [*TINY, *METHODS[method], "trainer=fsdp2", "trainer.accelerator=cpu", "logger=none"]
+    done = subprocess.run([sys.executable, "-m", "lrlab.cli", "train", *overrides, "run_name=sharded"], cwd=tmp_path,
+                          env={**os.environ, "CI": "true", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = json.loads((tmp_path / "outputs" / "runs" / "sharded" / "summary.json").read_text())
+    predicted = estimate(make_cfg(*overrides))
+    assert predicted.processes == 2
+    assert predicted.optimizer_state_bytes == measured["optimizer_state_bytes"] > 0
+    whole = estimate(make_cfg(*TINY, *METHODS[method])).optimizer_state_bytes
+    assert predicted.optimizer_state_bytes < whole  # the sharded part is halved

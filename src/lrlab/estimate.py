@@ -32,8 +32,10 @@ optimizer. Then, per device:
   memory of this process with the training libraries loaded (measured here); 0 on accelerators
   (peak = allocated bytes).
 - strategy: `data.batch_size` is per process (DDP replicates everything else); under `fsdp2`
-  weights, gradients and optimizer state are divided by the number of processes, plus one
-  decoder layer's full weights gathered at a time.
+  weights and gradients are divided by the number of processes, plus one decoder layer's full
+  weights gathered at a time, and the optimizer state is what rank 0 holds
+  (`lrlab.optim.state.fsdp2_state_bytes`: Adam's moments and the projection optimizers' P or
+  row moments by rows, their replicated state whole), as its run reports it.
 """
 
 import argparse
@@ -81,12 +83,13 @@ def meta_task(cfg):
                         total_steps=int(cfg.trainer.max_steps))
 
 
-def optimizer_state_bytes(task) -> int:
-    """The state of the task's own optimizer after one step, stepped on meta gradients."""
+def optimizer_state_bytes(task, fsdp2_processes: int = 0) -> int:
+    """The state of the task's own optimizer after one step, stepped on meta gradients; with
+    `fsdp2_processes`, what rank 0 holds of it under FSDP2 over that many processes."""
     import torch
 
     from lrlab.instantiate import build_optimizer
-    from lrlab.optim.state import state_bytes
+    from lrlab.optim.state import fsdp2_state_bytes, state_bytes
 
     settings = dict(task.optimizer_cfg)
     settings.pop("layerwise", None)
@@ -97,7 +100,7 @@ def optimizer_state_bytes(task) -> int:
     optimizer.step()
     for p in task.model.parameters():
         p.grad = None
-    return state_bytes(optimizer)[0]
+    return fsdp2_state_bytes(optimizer, fsdp2_processes) if fsdp2_processes else state_bytes(optimizer)[0]
 
 
 def activation_bytes(config, batch: int, seq_len: int, element: int, checkpointing: bool) -> int:
@@ -142,18 +145,18 @@ def estimate(cfg) -> Estimate:
     trained = [p.numel() * p.element_size() for p in params if p.requires_grad]
     layerwise = bool(cfg.optimizer.get("layerwise", False))
     grads = max(trained, default=0) if layerwise else sum(trained)
-    state = optimizer_state_bytes(task)
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    processes = processes_of(cfg.trainer)
+    sharded = strategy == "fsdp2" and processes > 1
+    state = optimizer_state_bytes(task, processes if sharded else 0)
     precision = str(cfg.trainer.precision)
     element = 4 if precision.startswith(("32", "64")) else 2
     checkpointing = bool(cfg.model.get("activation_checkpointing", False))
     activations = activation_bytes(config, int(cfg.data.batch_size), int(cfg.data.seq_len), element, checkpointing)
-    strategy = str(cfg.trainer.get("strategy", "auto"))
-    processes = processes_of(cfg.trainer)
-    if strategy == "fsdp2" and processes > 1:
+    if sharded:
         layer = max((sum(p.numel() * p.element_size() for p in module.parameters())
                      for module in task.model.modules() if type(module).__name__.endswith("DecoderLayer")), default=0)
         weights = weights // processes + layer
-        state //= processes
         grads = grads // processes
     on_cpu = str(cfg.trainer.get("accelerator")) == "cpu"
     runtime = resident_bytes() if on_cpu else 0

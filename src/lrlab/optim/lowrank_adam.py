@@ -34,10 +34,10 @@ Groups without `rank` get the same Adam math unprojected (AdamW inside the same 
 with fp32 moments also for bf16 parameters. FRUGAL's block-wise variant (`frugal.py`) is a
 subclass that adds groups with `density`.
 
-Under FSDP2 (`trainer=fsdp2`) a projected weight's gradient is gathered from its row shards and
-the step above is taken whole on every rank (`sharded.py`): one all-gather of the m·n gradient per
-projected weight and step, as much again as FSDP2's reduce-scatter of it; the projector and
-moments are replicated, and each rank adds its rows of the update.
+Under FSDP2 (`trainer=fsdp2`) the step above is taken on each rank's rows of W and G
+(`sharded.py`): P and the right side's moments are sharded by rows like G, Pᵀ·G is one all-reduce
+of r×n (left side; the right side needs none), Fira's norms one of a scalar or n column norms,
+and G is gathered whole only at a refresh.
 
 State holds only tensors and ints. `load_state_dict` restores every state tensor with the dtype
 it was saved in (torch would cast it to the parameter's: int64 DCT indices to floats, fp32
@@ -201,24 +201,32 @@ def _chunks(batch: list, budget: int = 1 << 24) -> list[list]:
     return chunks
 
 
-def _refresh(p: torch.Tensor, state: dict, grad: torch.Tensor, group: dict) -> None:
+def _refresh(state: dict, grad: torch.Tensor, group: dict, rows: sharded.Whole) -> None:
+    """A new basis from the whole gradient (gathered once when it is sharded by rows); a stored
+    P keeps this process's rows."""
     seed = group["seed"] * 1_000_003 + state["step"]
-    new = projector.refresh(grad, group["rank"], group["proj_type"], group["basis"], seed, group["power_iters"],
-                            group["dct_variant"])
+    new = projector.refresh(rows.gather(grad), group["rank"], group["proj_type"], group["basis"], seed,
+                            group["power_iters"], group["dct_variant"])
+    if "proj_left" in new:
+        new["proj_left"] = new["proj_left"][rows.rows].contiguous()
     had_basis = any(k in state for k in projector.STATE_KEYS)
     if had_basis and "exp_avg" in state:
         if group["on_refresh"] in RESETS:
             _reset(state)
         elif group["on_refresh"] in ("rotate", "rotate_abs"):
-            _rotate_moments(state, new, grad.shape, group)
+            _rotate_moments(state, new, group, rows)
     for key in projector.STATE_KEYS:
         state.pop(key, None)
     state.update(new)
 
 
-def _rotate_moments(state: dict, new: dict, shape: torch.Size, group: dict) -> None:
-    """m → R·m; v → (R∘R)·v (`rotate`) or |R·v| (`rotate_abs`), R applied on each projected side."""
-    to_left, to_right = projector.rotation(state, new, shape, group["dct_variant"])
+def _rotate_moments(state: dict, new: dict, group: dict, rows: sharded.Whole) -> None:
+    """m → R·m; v → (R∘R)·v (`rotate`) or |R·v| (`rotate_abs`), R applied on each projected side:
+    Pₙᵀ·Pₒ on the left (a sum over P's rows), Qₒ·Qₙᵀ on the right."""
+    old_left, old_right = projector.matrices(state, rows.shape, group["dct_variant"], rows.rows)
+    new_left, new_right = projector.matrices(new, rows.shape, group["dct_variant"], rows.rows)
+    to_left = None if new_left is None else rows.sum(new_left.T @ old_left)
+    to_right = None if new_right is None else old_right @ new_right.T
     squared = group["on_refresh"] == "rotate"
     for key in ("exp_avg", "exp_avg_sq"):
         second = key == "exp_avg_sq"
@@ -249,24 +257,27 @@ def _add_back(p: torch.Tensor, low: torch.Tensor, left, right, alpha: float) -> 
 
 
 def _projected_step(p: torch.Tensor, state: dict, group: dict) -> None:
-    if sharded.is_sharded(p):  # FSDP2: the same rule on the gathered gradient (sharded.py)
+    if sharded.is_sharded(p):  # FSDP2: the same rule on this rank's rows (sharded.py)
         sharded.sharded_step(p, state, group, _projected_update)
-    else:
-        _projected_update(p, p.grad.float(), state, group)  # the gradient itself when it is fp32
+    else:  # the gradient itself when it is fp32
+        _projected_update(p, p.grad.float(), state, group, sharded.Whole(p.shape))
 
 
-def _projected_update(p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
-    """Add the step of `grad` into `p` (the weight, or a zero buffer for a sharded weight)."""
+def _projected_update(p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict, rows: sharded.Whole) -> None:
+    """Add the step of `grad` into `p`: the weight and its gradient whole, or the rows `rows`
+    holds of them (then `state` holds the row-sharded state's rows too)."""
     state.setdefault("step", 0)
     if state["step"] % group["update_proj_gap"] == 0:
-        _refresh(p, state, grad, group)
-    left, right = projector.matrices(state, grad.shape, group["dct_variant"])
+        _refresh(state, grad, group, rows)
+    left, right = projector.matrices(state, rows.shape, group["dct_variant"], rows.rows)
     low = projector.project(grad, left, right)
+    if left is not None:  # Pᵀ·G sums over all rows of G
+        low = rows.sum(low)
     normalized, step_size = _adam(state, low, group)
     rewarm = _rewarm(state, group)
     step_size *= rewarm
     if group["residual"] in ("fira", "fira_paper"):  # update = α·back(N) + factor·S, formed in S's buffer
-        update, factor = _fira_residual(grad, low, normalized, left, right, state, group)
+        update, factor = _fira_residual(grad, low, normalized, left, right, state, group, rows)
         update.addmm_(*projector.back_factors(normalized, left, right), beta=factor, alpha=group["scale"])
         p.add_(update, alpha=-step_size)
     else:
@@ -277,18 +288,21 @@ def _projected_update(p: torch.Tensor, grad: torch.Tensor, state: dict, group: d
     state["step"] += 1
 
 
-def _fira_residual(grad, low, normalized, left, right, state: dict, group: dict) -> tuple[torch.Tensor, float]:
+def _fira_residual(grad, low, normalized, left, right, state: dict, group: dict,
+                   rows: sharded.Whole) -> tuple[torch.Tensor, float]:
     """S = φ ⊙ (G − α·back(R)) / limiter (`fira_paper`: G − back(R)) and the factor S enters the
     update with (α for `fira_paper`, else 1). ‖φ ⊙ D‖ is taken from D's row (column) norms, so
-    that φ and the limiter, a device scalar, scale D in one pass."""
+    that φ and the limiter, a device scalar, scale D in one pass. R's rows are G's (right side)
+    or R is whole; the norms over D's rows are sums over every process's rows (`rows`)."""
     scale, paper = group["scale"], group["residual"] == "fira_paper"
     dropped = torch.addmm(grad, *projector.back_factors(low, left, right), alpha=-1.0 if paper else -scale)
-    if normalized.shape[0] < normalized.shape[1]:
+    low_rows = rows.shape[0] if left is None else low.shape[0]
+    if low_rows < normalized.shape[1]:
         factor = normalized.norm(dim=0) / (low.norm(dim=0) + 1e-8)
-        norm = (factor * dropped.norm(dim=0)).norm()
+        norm = (factor * rows.column_norms(dropped)).norm()
     else:
         factor = (normalized.norm(dim=1) / (low.norm(dim=1) + 1e-8)).unsqueeze(1)
-        norm = (factor * dropped.norm(dim=1, keepdim=True)).norm()
+        norm = rows.norm(factor * dropped.norm(dim=1, keepdim=True))
     if "residual_norm" in state:
         limiter = torch.clamp(norm / (state["residual_norm"] + 1e-8), min=FIRA_LIMIT) / FIRA_LIMIT
         factor = factor / limiter

@@ -201,14 +201,15 @@ def refresh(grad: torch.Tensor, rank: int, proj_type: str, basis: str, seed: int
     return new
 
 
-def matrices(state: dict, shape: torch.Size,
-             dct_variant: str = "matmul") -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(P m×r or None, Q r×n or None) from the stored basis. DCT basis vectors are gathered at the
-    stored indices on every call (an r×n copy, ~2 µs for r=64, n=256: not worth a cache)."""
+def matrices(state: dict, shape: torch.Size, dct_variant: str = "matmul",
+             rows: slice = slice(None)) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(P m×r or None, Q r×n or None) from the stored basis; P's rows `rows` only, for a gradient
+    sharded by rows (a stored P holds just those rows already). DCT basis vectors are gathered at
+    the stored indices on every call (an r×n copy, ~2 µs for r=64, n=256: not worth a cache)."""
     left, right = state.get("proj_left"), state.get("proj_right")
     if "proj_left_idx" in state:
         idx = state["proj_left_idx"]
-        left = dct_basis(shape[0], idx.device, dct_variant).index_select(0, idx).T
+        left = dct_basis(shape[0], idx.device, dct_variant).index_select(0, idx)[:, rows].T
     if "proj_right_idx" in state:
         idx = state["proj_right_idx"]
         right = dct_basis(shape[1], idx.device, dct_variant).index_select(0, idx)
@@ -231,16 +232,6 @@ def back_factors(low: torch.Tensor, left: torch.Tensor | None,
     if left is None:
         return low, right
     return (left, low) if right is None else (left @ low, right)
-
-
-def rotation(old: dict, new: dict, shape: torch.Size,
-             dct_variant: str = "matmul") -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Maps moments from the old subspace to the new one: (Pₙᵀ·Pₒ, Qₒ·Qₙᵀ)."""
-    old_left, old_right = matrices(old, shape, dct_variant)
-    new_left, new_right = matrices(new, shape, dct_variant)
-    to_left = None if new_left is None else new_left.T @ old_left
-    to_right = None if new_right is None else old_right @ new_right.T
-    return to_left, to_right
 
 
 def state_bytes_formula(shape: torch.Size, rank: int, proj_type: str, basis: str) -> int:
