@@ -134,11 +134,12 @@ class PackedStream(IterableDataset):
         stream = self.open()
         if workers > 1:
             stream = stream.shard(num_shards=workers, index=role, contiguous=False)
-        state, since, i, kept = (start["dataset"], start["since"], start["read"], start["kept"]) if start else (None, 0, 0, 0)
+        state, since, i, kept = cursor_of(start)
         if state is not None:
             stream.load_state_dict(state)
         skip = since
-        for batch in stream.iter(batch_size=64):  # `iter` reads what it is given (plain iteration splits by worker itself)
+        # `iter` reads what it is given (plain iteration splits by worker itself)
+        for batch in stream.iter(batch_size=64):
             for row in (dict(zip(batch, values)) for values in zip(*batch.values())):
                 if skip:  # read before the saved cursor, after the library's saved state
                     skip -= 1
@@ -183,7 +184,7 @@ class PackedStream(IterableDataset):
     def rows(self, role: int, workers: int, start: dict | None) -> Iterator[tuple[list[int], int, Callable[[], dict]]]:
         """(row, its length before padding, a function giving the reader's position after it: cursor
         and the packing buffer's tokens), packed or padded, continuing from `start`."""
-        cursor = [start and (start["dataset"], start["since"], start["read"], start["kept"])]
+        cursor = [cursor_of(start)]
         buffer = list(start["buffer"]) if start else []
 
         def texts() -> Iterator[str]:
@@ -191,7 +192,7 @@ class PackedStream(IterableDataset):
                 yield text
 
         def position() -> dict:
-            state, since, read, kept = cursor[0] or (None, 0, 0, 0)
+            state, since, read, kept = cursor[0]
             return {"dataset": state, "since": since, "read": read, "kept": kept, "buffer": list(buffer)}
 
         rows = self.blocks(texts(), buffer) if self.pack else self.padded_rows(texts())
@@ -212,6 +213,14 @@ class PackedStream(IterableDataset):
         tokenized = (self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
                      for text in texts)
         return padded(tokenized, self.seq_len, eos, pad)
+
+
+def cursor_of(position: dict | None) -> tuple:
+    """(the library's iterator state, rows read since it, rows read, rows kept) of a saved position;
+    None: the stream's start."""
+    if position is None:
+        return None, 0, 0, 0
+    return position["dataset"], position["since"], position["read"], position["kept"]
 
 
 def packed(token_lists: Iterator[list[int]], seq_len: int, eos: int | None,
@@ -293,12 +302,12 @@ class StreamLoader(DataLoader):
         saved = state.get("stream")
         if saved is not None and saved["key"] == self._key:
             self.dataset.start = {"batches": saved["batches"], "readers": saved["readers"]}
-            how = f"restores the saved reader positions after {state['blocks']} blocks (nothing consumed is re-read)"
+            how = f"restoring the saved reader positions after {state['blocks']} blocks (nothing consumed is re-read)"
         else:
             self.dataset.skip = state["blocks"]
             why = "the checkpoint holds no reader position" if saved is None else "the data config changed"
-            how = f"re-reads the stream and skips the {state['blocks']} consumed blocks ({why})"
-        print(f"note: data resume: the stream {how}", file=sys.stderr)
+            how = f"re-reading the stream and skipping the {state['blocks']} consumed blocks ({why})"
+        print(f"note: data resume: {how}", file=sys.stderr)
 
 
 class HFTextStream(L.LightningDataModule):
