@@ -140,10 +140,13 @@ def test_runner_trains_and_resumes_on_a_stream(make_cfg, tmp_path, corpus, capsy
     run(make_cfg(*common, f"ckpt_path={tmp_path / 'without_position.ckpt'}", run="reread"))
     assert ("re-reading the stream and skipping the 16 consumed blocks (the checkpoint holds no reader position)"
             in capsys.readouterr().err)
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for resumed in ("resumed", "reread"):
-        b = torch.load(tmp_path / resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), resumed
+        assert _same_parameters(tmp_path / "straight", tmp_path / resumed), resumed
+
+
+def _same_parameters(run_a: Path, run_b: Path) -> bool:
+    a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for r in (run_a, run_b))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_unloadable_tokenizer_is_one_clear_error(cli, tmp_path, corpus):
@@ -354,3 +357,17 @@ def test_without_valid_reader_positions_the_loader_re_reads(corpus, capsys):
     one_reader = resume_module(corpus, True, 0)
     assert resumed_rows(one_reader, states[41]) == straight_run(one_reader, ())[0][41 * dm.batch_size:]
     assert "skipping the 123 consumed blocks (the data config changed)" in capsys.readouterr().err
+
+
+def test_a_run_with_loader_workers_resumed_from_reader_positions_ends_on_the_straight_parameters(
+        make_cfg, tmp_path, corpus, capsys):
+    resume_module(corpus, False)  # writes the 4 files
+    files = ",".join(f"'{corpus / f'resume_{k}.txt'}'" for k in range(4))
+    common = [*overrides(corpus), f"data.data_files={{train:[{files}],validation:'{corpus / 'val.txt'}'}}",
+              "data.pack=false", "data.num_workers=2", "trainer.max_steps=8", "trainer.val_check_interval=8",
+              "callbacks.checkpoint.every_n_train_steps=3", "callbacks.checkpoint.save_top_k=-1"]
+    run(make_cfg(*common, run="straight"))
+    capsys.readouterr()
+    run(make_cfg(*common, f"ckpt_path={tmp_path / 'straight' / 'checkpoints' / 'step000003.ckpt'}", run="resumed"))
+    assert "restoring the saved reader positions after 12 blocks" in capsys.readouterr().err
+    assert _same_parameters(tmp_path / "straight", tmp_path / "resumed")
