@@ -346,14 +346,18 @@ def test_a_resume_from_reader_positions_tokenizes_no_consumed_document(corpus, p
 
 
 def test_without_valid_reader_positions_the_loader_re_reads(corpus, capsys):
-    """A checkpoint without positions, or one saved under another loader-worker count (whose readers
-    split the files otherwise), resumes by re-reading the stream and skipping: the rows after the
-    consumed ones of the stream it now reads, and a note saying why."""
+    """A checkpoint without positions, with another rank's (under DDP the checkpoint's writer saves
+    its own), or saved under another loader-worker count (whose readers split the files otherwise),
+    resumes by re-reading the stream and skipping: the rows after the consumed ones of the stream it
+    now reads, and a note saying why."""
     dm = resume_module(corpus, True, 2)
     rows, states = straight_run(dm, (41,))
     capsys.readouterr()
     assert resumed_rows(dm, {"blocks": states[41]["blocks"]}) == rows[41 * dm.batch_size:]
     assert "skipping the 123 consumed blocks (the checkpoint holds no reader position)" in capsys.readouterr().err
+    other_rank = {**states[41], "stream": {**states[41]["stream"], "rank": 1}}
+    assert resumed_rows(dm, other_rank) == rows[41 * dm.batch_size:]
+    assert "skipping the 123 consumed blocks (the checkpoint holds rank 1's reader positions)" in capsys.readouterr().err
     one_reader = resume_module(corpus, True, 0)
     assert resumed_rows(one_reader, states[41]) == straight_run(one_reader, ())[0][41 * dm.batch_size:]
     assert "skipping the 123 consumed blocks (the data config changed)" in capsys.readouterr().err

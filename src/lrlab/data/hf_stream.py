@@ -91,11 +91,11 @@ class PackedStream(IterableDataset):
         self.rank, self.world = _rank_world()
 
     def key(self, workers: int) -> str:
-        """What decides this rank's rows and readers: a saved position is valid only under the same."""
+        """What decides a rank's rows and readers: a saved position is valid only under the same."""
         tokenizer = getattr(self.tokenizer, "name_or_path", type(self.tokenizer).__name__)
         return json.dumps([self.dataset, self.name, self.split, self.data_files, self.text_field, str(tokenizer),
                            self.seq_len, self.pack, self.every, self.held_out, self.batch_size, workers,
-                           self.rank, self.world], default=str)
+                           self.world], default=str)
 
     def role(self) -> tuple[int, int, int]:
         """(the worker whose files and batches this reader takes, the number of workers, the rows it
@@ -295,17 +295,27 @@ class StreamLoader(DataLoader):
         if self._delivered:
             readers = [self._position_before(reader, batches) for reader in range(self._readers)]
             if all(position is not ... for position in readers):
-                state["stream"] = {"key": self._key, "batches": batches, "readers": readers}
+                state["stream"] = {"key": self._key, "rank": self.dataset.rank, "batches": batches, "readers": readers}
         return state
+
+    def _unusable(self, saved: dict | None) -> str | None:
+        """Why saved reader positions cannot be restored here (None: they can)."""
+        if saved is None:
+            return "the checkpoint holds no reader position"
+        if saved["key"] != self._key:
+            return "the data config changed"
+        if saved["rank"] != self.dataset.rank:  # the checkpoint's writer saved its own positions
+            return f"the checkpoint holds rank {saved['rank']}'s reader positions"
+        return None
 
     def load_state_dict(self, state: dict) -> None:
         saved = state.get("stream")
-        if saved is not None and saved["key"] == self._key:
+        why = self._unusable(saved)
+        if why is None:
             self.dataset.start = {"batches": saved["batches"], "readers": saved["readers"]}
             how = f"restoring the saved reader positions after {state['blocks']} blocks (nothing consumed is re-read)"
         else:
             self.dataset.skip = state["blocks"]
-            why = "the checkpoint holds no reader position" if saved is None else "the data config changed"
             how = f"re-reading the stream and skipping the {state['blocks']} consumed blocks ({why})"
         print(f"note: data resume: {how}", file=sys.stderr)
 
