@@ -40,15 +40,22 @@ them, and within the saved shard reads and discards the examples before the posi
 tokenizing), so the resume time is bounded by one file's parse. A row carries its reader's
 position only when it ends a loader batch, and the batches are dealt round robin: batch g of a
 pass comes from reader g mod n. A resumed loader deals its first batch to worker 0, so worker k
-takes the reader (files and position) that delivers batch B + k.
-The state is used only when the checkpoint holds it and it was saved under the same rows-deciding
-config (dataset, files, text field, tokenizer, seq_len, packing, hold-out, batch size, loader
-workers, ranks); otherwise (a checkpoint without it, a changed config, or a checkpoint taken before
-every reader had delivered a batch after an earlier skip) the loader falls back to re-reading the
-stream and skipping the consumed blocks, which yields the same rows more slowly (with workers, a
-resumed loader skips, per worker, the batches the reader it takes had delivered). A note on
-stderr says which of the two a resume uses. Not supported by the state: shuffled streams (the
-library drops shuffle buffers on restore; this module does not shuffle).
+takes the reader (files and position) that delivers batch B + k. (torchdata's StatefulDataLoader
+gathers the library's per-worker states the same way; Lightning drives torch's DataLoader, so the
+rows carry them here.) The hold-out and rank filters are this module's own, not the library's
+`filter` / `split_dataset_by_node`, so their counters are part of the saved position.
+The state is used only when the checkpoint holds it, saved by this rank under the same
+rows-deciding config (dataset, files, text field, tokenizer, seq_len, packing, hold-out, batch
+size, loader workers, number of ranks); otherwise the loader falls back to re-reading the stream
+and skipping the consumed blocks, which yields the same rows more slowly (with workers, a resumed
+loader skips, per worker, the batches the reader it takes had delivered). That is the case for a
+checkpoint of an older version, a changed config, one taken after an earlier fallback before
+every reader had delivered a batch since, one taken at the end of a reader's files (its last,
+partial batch carries no position), and, under several
+ranks, every rank but the checkpoint's writer (rank 0 writes its own positions; gathering every
+rank's is not done). A note on stderr says which of the two a resume uses. The library's state
+itself cannot restore a shuffle buffer (its docs: the examples in it are lost); this module does
+not shuffle.
 """
 
 import json
