@@ -129,7 +129,7 @@ def position_at(data: dict, files: list[str], document: int) -> dict:
     batches = BILLION // (BATCH * SEQ)
     reader = {"dataset": stream.state_dict(), "since": 0, "read": read, "kept": read, "buffer": [],
               "produced": batches * BATCH, "tokens": batches * BATCH * SEQ}
-    return {"blocks": batches * BATCH, "stream": {"batches": batches, "readers": [reader]}}
+    return {"blocks": batches * BATCH, "stream": {"rank": 0, "batches": batches, "readers": [reader]}}
 
 
 def resume_at_billion(data: dict, folder: Path, tokens_per_byte: float, files: int) -> float:
