@@ -110,17 +110,43 @@ def test_validation_counts_non_padding_tokens(corpus):
     assert sum(lengths[:-1]) < 500 <= sum(lengths)
 
 
-def test_runner_trains_and_resumes_on_a_stream(make_cfg, tmp_path, corpus):
+def loader_states(value) -> list[dict]:
+    """The training loader's states inside a Lightning checkpoint (the dicts holding "blocks")."""
+    if isinstance(value, dict):
+        return ([value] if "blocks" in value else []) + [s for v in value.values() for s in loader_states(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in loader_states(v)]
+    return []
+
+
+def test_runner_trains_and_resumes_on_a_stream(make_cfg, tmp_path, corpus, capsys):
+    """From the saved reader positions (the checkpoint as written) and, with them removed (a
+    checkpoint of an older version), by re-reading: both resumed runs end on the straight run's
+    parameters."""
     n = 4
     common = [*overrides(corpus), f"trainer.max_steps={2 * n}", "trainer.val_check_interval=4",
               f"callbacks.checkpoint.every_n_train_steps={n}", "callbacks.checkpoint.save_top_k=-1"]
     summary = run(make_cfg(*common, run="straight"))
     assert summary["status"] == "completed" and summary["throughput"]["tokens_per_second"] > 0
     mid = tmp_path / "straight" / "checkpoints" / f"step{n:06d}.ckpt"
+    checkpoint = torch.load(mid, weights_only=True)
+    [state] = loader_states(checkpoint)
+    assert state["blocks"] == n * 4 and state["stream"]["batches"] == n
+    state.pop("stream")
+    torch.save(checkpoint, tmp_path / "without_position.ckpt")
+    capsys.readouterr()
     run(make_cfg(*common, f"ckpt_path={mid}", run="resumed"))
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "restoring the saved reader positions after 16 blocks" in capsys.readouterr().err
+    run(make_cfg(*common, f"ckpt_path={tmp_path / 'without_position.ckpt'}", run="reread"))
+    assert ("re-reading the stream and skipping the 16 consumed blocks (the checkpoint holds no reader position)"
+            in capsys.readouterr().err)
+    for resumed in ("resumed", "reread"):
+        assert _same_parameters(tmp_path / "straight", tmp_path / resumed), resumed
+
+
+def _same_parameters(run_a: Path, run_b: Path) -> bool:
+    a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for r in (run_a, run_b))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_unloadable_tokenizer_is_one_clear_error(cli, tmp_path, corpus):
@@ -212,3 +238,141 @@ def test_more_workers_than_files_is_refused(corpus):
 
     with pytest.raises(ConfigError, match="data.num_workers.*at most 2"):
         sharded_module(corpus, 2, num_workers=3).train_dataloader()
+
+
+def resume_module(corpus, pack: bool, num_workers: int = 0):
+    """600 lines of the training text in 4 files (150 documents each, so a reader's position passes
+    the library's batches of 64 and the files' ends); packed rows of 4 tokens (a document often
+    spans several, so a checkpoint falls inside a document) or padded rows of 16."""
+    from lrlab.data.hf_stream import HFTextStream
+
+    lines = [line for line in (corpus / "train.txt").read_text().splitlines() if line.strip()][:600]
+    paths = []
+    for k in range(4):
+        path = corpus / f"resume_{k}.txt"
+        path.write_text("\n".join(lines[k::4]))
+        paths.append(str(path))
+    dm = HFTextStream(dataset="text", tokenizer=str(corpus / "tokenizer"), vocab_size=320, seq_len=4 if pack else 16,
+                      batch_size=3, pack=pack, num_workers=num_workers,
+                      data_files={"train": paths, "validation": str(corpus / "val.txt")})
+    dm.setup()
+    return dm
+
+
+def straight_run(dm, cuts: tuple[int, ...]) -> tuple[list[tuple[int, ...]], dict[int, dict]]:
+    """Every row of a straight pass, and the loader's state once `consumed` batches are consumed
+    for each `consumed` in `cuts` (taken as Lightning does, with the next batch already fetched),
+    through torch.save and torch.load(weights_only=True)."""
+    import io
+
+    from lrlab.data.hf_stream import StreamLoader
+
+    progress = [0]
+    loader = StreamLoader(dm._stream(dm.split, None), dm.batch_size, lambda: progress[0], num_workers=dm.num_workers)
+    rows, states = [], {}
+    for j, batch in enumerate(loader):
+        rows += [tuple(row.tolist()) for row in batch["input_ids"]]
+        if j in cuts:
+            progress[0] = j
+            buffer = io.BytesIO()
+            torch.save(loader.state_dict(), buffer)
+            states[j] = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    return rows, states
+
+
+def resumed_rows(dm, state: dict) -> list[tuple[int, ...]]:
+    from lrlab.data.hf_stream import StreamLoader
+
+    loader = StreamLoader(dm._stream(dm.split, None), dm.batch_size, lambda: 0, num_workers=dm.num_workers)
+    loader.load_state_dict(state)
+    return [tuple(row.tolist()) for batch in loader for row in batch["input_ids"]]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "padded"])
+def test_a_loader_resumed_from_reader_positions_continues_the_straight_rows(corpus, capsys, pack, workers):
+    """At several checkpoints (one inside the library's first batch of 64 documents, others after
+    it), the resumed loader's rows are the straight loader's rows after the consumed ones, in order;
+    packed, some checkpoint falls inside a document whose rest fills a whole row."""
+    dm = resume_module(corpus, pack, workers)
+    cuts = (3, 41, 150)
+    rows, states = straight_run(dm, cuts)
+    assert len(rows) > (max(cuts) + 10) * dm.batch_size
+    buffers = []
+    for consumed in cuts:
+        state = states[consumed]
+        assert state["stream"]["batches"] == consumed and len(state["stream"]["readers"]) == max(1, workers)
+        buffers += [len(reader["buffer"]) for reader in state["stream"]["readers"]]
+        capsys.readouterr()
+        assert resumed_rows(dm, state) == rows[consumed * dm.batch_size:], consumed
+        assert "restoring the saved reader positions" in capsys.readouterr().err
+    assert max(buffers) >= dm.seq_len if pack else max(buffers) == 0
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting the documents it is called on."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, 0
+
+    def __call__(self, text, **kwargs):
+        self.calls += 1
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "padded"])
+def test_a_resume_from_reader_positions_tokenizes_no_consumed_document(corpus, pack):
+    """Tokenizer calls of a resumed pass: from the saved positions, exactly those of the straight pass
+    after the checkpoint's batch (a document split across it is not tokenized again); re-reading
+    (the state removed), every document of the straight pass again."""
+    from lrlab.data.hf_stream import StreamLoader
+
+    dm, consumed = resume_module(corpus, pack), 41
+    dm.tokenizer = CountingTokenizer(dm.tokenizer)
+    loader = StreamLoader(dm._stream(dm.split, None), dm.batch_size, lambda: consumed)
+    calls, state = [], None
+    for j, _ in enumerate(loader):
+        calls.append(dm.tokenizer.calls)
+        if j == consumed:
+            state = loader.state_dict()
+    assert 0 < calls[consumed - 1] < calls[-1]
+    for kept, expected in (({"blocks", "stream"}, calls[-1] - calls[consumed - 1]), ({"blocks"}, calls[-1])):
+        dm.tokenizer.calls = 0
+        resumed_rows(dm, {key: state[key] for key in kept})
+        assert dm.tokenizer.calls == expected, kept
+
+
+def test_without_valid_reader_positions_the_loader_re_reads(corpus, capsys):
+    """A checkpoint without positions, with another rank's (under DDP the checkpoint's writer saves
+    its own), or saved under another loader-worker count (whose readers split the files otherwise),
+    resumes by re-reading the stream and skipping: the rows after the consumed ones of the stream it
+    now reads, and a note saying why."""
+    dm = resume_module(corpus, True, 2)
+    rows, states = straight_run(dm, (41,))
+    capsys.readouterr()
+    assert resumed_rows(dm, {"blocks": states[41]["blocks"]}) == rows[41 * dm.batch_size:]
+    assert "skipping the 123 consumed blocks (the checkpoint holds no reader position)" in capsys.readouterr().err
+    other_rank = {**states[41], "stream": {**states[41]["stream"], "rank": 1}}
+    assert resumed_rows(dm, other_rank) == rows[41 * dm.batch_size:]
+    note = "skipping the 123 consumed blocks (the checkpoint holds rank 1's reader positions)"
+    assert note in capsys.readouterr().err
+    one_reader = resume_module(corpus, True, 0)
+    assert resumed_rows(one_reader, states[41]) == straight_run(one_reader, ())[0][41 * dm.batch_size:]
+    assert "skipping the 123 consumed blocks (the data config changed)" in capsys.readouterr().err
+
+
+def test_a_run_with_loader_workers_resumed_from_reader_positions_ends_on_the_straight_parameters(
+        make_cfg, tmp_path, corpus, capsys):
+    resume_module(corpus, False)  # writes the 4 files
+    files = ",".join(f"'{corpus / f'resume_{k}.txt'}'" for k in range(4))
+    common = [*overrides(corpus), f"data.data_files={{train:[{files}],validation:'{corpus / 'val.txt'}'}}",
+              "data.pack=false", "data.num_workers=2", "trainer.max_steps=8", "trainer.val_check_interval=8",
+              "callbacks.checkpoint.every_n_train_steps=3", "callbacks.checkpoint.save_top_k=-1"]
+    run(make_cfg(*common, run="straight"))
+    capsys.readouterr()
+    run(make_cfg(*common, f"ckpt_path={tmp_path / 'straight' / 'checkpoints' / 'step000003.ckpt'}", run="resumed"))
+    assert "restoring the saved reader positions after 12 blocks" in capsys.readouterr().err
+    assert _same_parameters(tmp_path / "straight", tmp_path / "resumed")
