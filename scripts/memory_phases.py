@@ -11,6 +11,7 @@ overrides follow it.
 
 import sys
 import tempfile
+from pathlib import Path
 
 import lightning as L
 
@@ -18,7 +19,7 @@ from lrlab import train
 from lrlab.build import compose
 from lrlab.callbacks import checkpoint
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))
 from bench_memory import SETTING  # noqa: E402
 
 MiB = 2 ** 20
@@ -85,7 +86,7 @@ def main(overrides: list[str]) -> None:
         cfg = compose([*SETTING, *overrides, "run_name=phases"], run_dir=f"{out}/phases")
         train.run(cfg, callbacks=[phases])
     phases.enter("done")
-    print(f"| phase | RSS at its end (MiB) | peak so far (MiB) |\n|---|---|---|")
+    print("| phase | RSS at its end (MiB) | peak so far (MiB) |\n|---|---|---|")
     last = 0.0
     for phase, rss, hwm in phases.rows:
         print(f"| {phase} | {rss:.0f} | {hwm:.0f}{' ↑' if hwm > last + 1 else ''} |")

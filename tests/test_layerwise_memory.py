@@ -8,6 +8,7 @@ import weakref
 
 import lightning as L
 import pytest
+import torch
 
 from lrlab.optim import adamw, layerwise
 
@@ -57,3 +58,13 @@ def test_the_pre_run_check_leaves_no_layerwise_model_behind(make_cfg, tmp_path):
     del ready
     gc.collect()
     assert weight() is None
+
+
+def test_the_hooks_go_with_their_optimizer(tiny):
+    model = tiny()
+    optimizer = adamw.build(model, lr=1e-2)
+    layerwise.attach(optimizer)
+    del optimizer
+    gc.collect()
+    model(torch.randn(4, 16))["logits"].sum().backward()  # no hook left to step a freed optimizer
+    assert all(p.grad is not None for p in model.parameters())

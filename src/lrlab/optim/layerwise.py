@@ -48,7 +48,7 @@ ALLOWED = "optimizer.layerwise=true needs"
 
 def attach(optimizer: torch.optim.Optimizer) -> list:
     """Hook every parameter of `optimizer` so that it is stepped as soon as its gradient is
-    complete; returns the handles (remove them to detach)."""
+    complete; returns the handles (remove them to detach; they go when the optimizer is freed)."""
     require(isinstance(optimizer, STEPPED_PER_WEIGHT), "optimizer.layerwise", True,
             "supported by adamw and the low-rank family (galore, fira, dct, frugal, frugal_svd, lowrank_reset), "
             f"not {type(optimizer).__name__}")
