@@ -6,10 +6,10 @@ same optimizer's without it.
 
     OMP_NUM_THREADS=1 python scripts/bench_memory.py llama_60m llama_130m [override ...]
 
-Overrides (arguments holding `=`) apply to every run, e.g. `data.batch_size=16`. The batch is
-small by default so that the gradients, not the fp32 loss's transient at the start of the
-backward pass (3 x B x S x V x 4 bytes: 786 MB at batch 16 x 128), are what the layer-wise step
-can remove from the peak. `scripts/memory_phases.py` shows in which phase a run's peak is set.
+Overrides (arguments holding `=`) apply to every run, e.g. `data.batch_size=16`; the larger the
+batch, the more the activations and the fp32 loss's transient at the start of the backward pass
+(3 x B x S x V x 4 bytes: 786 MB at batch 16 x 128) weigh against the gradients the layer-wise
+step removes. `scripts/memory_phases.py` shows in which phase a run's peak is set.
 """
 
 import json
