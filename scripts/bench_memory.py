@@ -1,13 +1,15 @@
 """Peak memory per method: each run is its own `lrlab train` process (its peak RSS is its own),
 3 steps, same data, batch 4 x 128, vocab 32,000; `summary.json`'s `peak_memory_bytes` and
-`optimizer_state_bytes`, and `lrlab estimate`'s total for the same overrides.
+`optimizer_state_bytes`, and `lrlab estimate`'s total for the same overrides. The ratio is the
+peak against AdamW's on the same model; "vs normal step" is a layer-wise row's peak minus the
+same optimizer's without it.
 
-The batch is small on purpose: at batch 16 x 128 the fp32 loss's transient at the start of the
-backward pass (3 x B x S x V x 4 bytes = 786 MB) exceeds llama_60m's gradients (232 MB) and sets
-the peak with or without them, so the layer-wise step cannot lower it (measured, GaLore r=128:
-2976 MiB normal, 3009 MiB layer-wise).
+    OMP_NUM_THREADS=1 python scripts/bench_memory.py llama_60m llama_130m [override ...]
 
-    OMP_NUM_THREADS=1 python scripts/bench_memory.py llama_60m llama_130m
+Overrides (arguments holding `=`) apply to every run, e.g. `data.batch_size=16`; the larger the
+batch, the more the activations and the fp32 loss's transient at the start of the backward pass
+(3 x B x S x V x 4 bytes: 786 MB at batch 16 x 128) weigh against the gradients the layer-wise
+step removes. `scripts/memory_phases.py` shows in which phase a run's peak is set.
 """
 
 import json
@@ -27,6 +29,7 @@ METHODS = {
     "LoRA r=8 (AdamW)": ["optimizer=adamw", "adapter=lora"],
     "lowrank parametrization (AdamW)": ["optimizer=adamw", "parametrization=lowrank"],
 }
+NORMAL_STEP = {"GaLore r=128, layer-wise": "GaLore r=128", "AdamW, layer-wise": "AdamW"}
 LRLAB = [sys.executable, "-m", "lrlab.cli"]
 
 
@@ -38,16 +41,22 @@ def measure(overrides: list[str]) -> tuple[dict, int]:
         return json.loads((Path(out) / "outputs" / "runs" / "peak" / "summary.json").read_text()), estimate
 
 
-def main(models: list[str]) -> None:
+def main(models: list[str], extra: list[str]) -> None:
     mib = 2 ** 20
-    print("| model | method | peak RSS (MiB) | optimizer state (MiB) | `lrlab estimate` total (MiB) |")
-    print("|---|---|---|---|---|")
+    print("| model | method | peak RSS (MiB) | vs AdamW | layer-wise vs normal step (MiB) | "
+          "optimizer state (MiB) | `lrlab estimate` total (MiB) |")
+    print("|---|---|---|---|---|---|---|")
     for model in models:
-        for method, extra in METHODS.items():
-            summary, estimate = measure([f"model={model}", *SETTING, *extra])
-            print(f"| {model} | {method} | {summary['peak_memory_bytes'] / mib:.0f} | "
+        peaks = {}
+        for method, overrides in METHODS.items():
+            summary, estimate = measure([f"model={model}", *SETTING, *overrides, *extra])
+            peaks[method] = peak = summary["peak_memory_bytes"] / mib
+            normal = NORMAL_STEP.get(method)
+            saved = f"{peak - peaks[normal]:+.0f}" if normal else ""
+            print(f"| {model} | {method} | {peak:.0f} | {peak / peaks['AdamW']:.2f} | {saved} | "
                   f"{summary['optimizer_state_bytes'] / mib:.1f} | {estimate / mib:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["llama_60m", "llama_130m"])
+    named = [a for a in sys.argv[1:] if "=" not in a]
+    main(named or ["llama_60m", "llama_130m"], [a for a in sys.argv[1:] if "=" in a])

@@ -10,6 +10,12 @@ Fira, DCT, FRUGAL, momentum reset) step only the parameters that have a gradient
 update of W reads only W's gradient and state, so the result is the normal step's. The step
 Lightning calls after the backward pass then finds no gradient and changes nothing.
 
+The hooks hold the optimizer weakly and are removed when it is freed. A strong reference would
+close the cycle weight → hook → optimizer → weight, which the garbage collector cannot break
+through torch's hook dicts: every model whose optimizer was ever built layer-wise (e.g. the one
+`lrlab train` builds to check a run before Hydra starts it) would stay in memory for the life
+of the process, one more copy of the weights at the peak.
+
 Where lrlab differs from the official code: the official path builds one optimizer and one lr
 scheduler per parameter, steps the scheduler inside the hook (hence its doubled step counts) and
 saves no optimizer state. Here the optimizer, its state dict, the lr schedule and the
@@ -24,6 +30,8 @@ pass), a method that builds its own optimizer, a method that acts between the ba
 the step (`after_step` reads gradients or weights of the step), and a callback that reads
 gradients (`on_after_backward`, `on_before_optimizer_step`).
 """
+
+import weakref
 
 import lightning as L
 import torch
@@ -40,17 +48,21 @@ ALLOWED = "optimizer.layerwise=true needs"
 
 def attach(optimizer: torch.optim.Optimizer) -> list:
     """Hook every parameter of `optimizer` so that it is stepped as soon as its gradient is
-    complete; returns the handles (remove them to detach)."""
+    complete; returns the handles (remove them to detach; they go when the optimizer is freed)."""
     require(isinstance(optimizer, STEPPED_PER_WEIGHT), "optimizer.layerwise", True,
             "supported by adamw and the low-rank family (galore, fira, dct, frugal, frugal_svd, lowrank_reset), "
             f"not {type(optimizer).__name__}")
 
+    owner = weakref.ref(optimizer)
+
     def step_now(param: torch.Tensor) -> None:
-        optimizer.step()
+        owner().step()
         param.grad = None
 
-    return [p.register_post_accumulate_grad_hook(step_now)
-            for group in optimizer.param_groups for p in group["params"]]
+    handles = [p.register_post_accumulate_grad_hook(step_now)
+               for group in optimizer.param_groups for p in group["params"]]
+    weakref.finalize(optimizer, detach, handles)
+    return handles
 
 
 def detach(handles: list) -> None:
