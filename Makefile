@@ -7,6 +7,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 MUTMUT ?= mutmut==3.8.1
 JOBS   ?= 2
+TEST_WORKERS ?= auto
 MUTANTS ?=
 STAMP   = $(VENV)/.installed
 SOURCES = pyproject.toml $(shell find src conf -type f -not -name '*.pyc' 2>/dev/null)
@@ -27,11 +28,11 @@ $(STAMP): $(SOURCES)
 dev: install  ## editable install for working on the code
 	$(BIN)/python -m pip install -q --no-deps -e .
 
-test: install
-	$(BIN)/python -m pytest -q
+test: install  ## the whole suite, one pytest-xdist worker per core (TEST_WORKERS=0: in this process)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 test-fast: install  ## unit tests only: no subprocesses, DDP, registry fetches or the preset smoke
-	$(BIN)/python -m pytest -q -m "not slow and not network"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not network"
 
 smoke: install  ## every preset in miniature on the CPU (what CI runs before GPU hours)
 	$(BIN)/lrlab validate && $(BIN)/lrlab smoke

@@ -8,6 +8,17 @@ import torch
 os.environ.setdefault("CI", "true")  # no progress bars in test output
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs `-n auto`), each worker gets its share of the cores,
+    as lrlab gives each of its parallel jobs: N workers with a thread per core each would run N²
+    threads."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        from lrlab.parallel import share, use_threads
+
+        use_threads(share(int(workers)))
+
+
 @pytest.fixture(autouse=True)
 def no_hydra_job_left_over():
     """An in-process `lrlab train` leaves Hydra's job config (mode, job number) set for the whole

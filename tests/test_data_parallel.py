@@ -90,7 +90,7 @@ def runs(request, tmp_path_factory):
         torch.set_num_threads(threads)
     worker = os.path.join(os.path.dirname(__file__), "ddp_cases.py")
     env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", worker, str(ddp),
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", worker, str(ddp),
                            *selected], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     def load(where, case):

@@ -117,7 +117,7 @@ def test_user_presets_are_listed_and_validated(cli, user_dir):
     code, out, _ = cli("validate", "-cd", str(user_dir), "--preset", "mine")
     assert code == 0 and "ok     mine" in out
     (user_dir / "experiment" / "broken.yaml").write_text("# @package _global_\noptimizer:\n  lr: -1\n")
-    code, out, _ = cli("validate", f"hydra.searchpath=[file://{user_dir}]")
+    code, out, _ = cli("validate", f"hydra.searchpath=[file://{user_dir}]", "--preset", "broken", "--preset", "mine")
     assert code == 1 and "BROKEN broken: optimizer.lr=-1" in out and "ok     mine" in out
 
 

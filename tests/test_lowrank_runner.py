@@ -49,31 +49,3 @@ def test_resume_across_a_refresh_matches_straight(make_cfg, tmp_path, preset):
 def test_bad_rank_is_one_line(cli):
     code, _, err = cli("train", "experiment=galore/llama_tiny_cpu", "optimizer.rank=1000", "logger=none")
     assert code == 2 and "optimizer.rank" in err and len(err.strip().splitlines()) == 1
-
-
-@pytest.mark.slow
-def test_ddp_spawn_matches_single_process_global_batch(tmp_path):
-    """2 ranks × batch 8 == 1 process × batch 16 (same samples per step): Fira through DDP keeps
-    the ranks' projectors in step, so the trained weights match the single-process run."""
-    import os
-    import subprocess
-    import sys
-
-    common = ["experiment=fira/llama_tiny_cpu", *TINY, "optimizer.update_proj_gap=3", "trainer.max_steps=6",
-              "trainer.val_check_interval=6", "logger=none", "deterministic=true"]
-    # One compute thread per process, so the result is the same on every machine (the limit below
-    # holds 0.044 measured this way; with the machine's own thread count it varied past 0.05).
-    env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1"}
-    for name, extra in (("ddp", ["trainer=ddp_spawn", "data.batch_size=8"]), ("single", ["data.batch_size=16"])):
-        done = subprocess.run([sys.executable, "-m", "lrlab.cli", "train", *common, *extra, f"run_name={name}"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-    load = lambda name: torch.load(tmp_path / "outputs" / "runs" / name / "checkpoints" / "last.ckpt",
-                                   weights_only=True)["state_dict"]
-    ddp, single = load("ddp"), load("single")
-    # Summation order differs (all-reduce vs one batch); Adam's normalisation magnifies that
-    # round-off on near-zero gradient entries, and an SVD refresh can swap near-equal singular
-    # directions. Measured: ~1e-3 relative on dense weights, ~2e-2 on projected ones; a
-    # desynchronised projector or a wrong batch split gives O(1).
-    errors = {key: float((ddp[key] - single[key]).norm() / single[key].norm()) for key in single}
-    assert max(errors.values()) < 0.05, errors

@@ -44,7 +44,7 @@ def sharded_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("rowshard")
     worker = os.path.join(os.path.dirname(__file__), "rowshard_cases.py")
     env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", worker, str(out)],
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", worker, str(out)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return torch.load(out / "rowshard.pt", weights_only=True)
