@@ -132,3 +132,25 @@ def tree_digest(root: Path) -> str:
             if path.is_file():
                 digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def write_corpus(root: Path, pad_token: str | None = None) -> Path:
+    """Two local text files under `root` (one stdlib module per line: 10 train, 2 validation) and
+    a byte-level BPE (300 tokens, EOS `</s>`) trained on them, saved as an HF tokenizer directory;
+    without `pad_token` the tokenizer has none (the EOS-as-pad path)."""
+    import sysconfig
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [p.read_text(errors="ignore") for p in sorted(stdlib.glob("[a-c]*.py"))[:12]]
+    (root / "train.txt").write_text("\n".join(texts[:10]))
+    (root / "val.txt").write_text("\n".join(texts[10:]))
+    specials = ["<unk>", "</s>", *([pad_token] if pad_token else [])]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train([str(root / "train.txt")], trainers.BpeTrainer(vocab_size=300, special_tokens=specials))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token=pad_token)
+    fast.save_pretrained(root / "tokenizer")
+    return root

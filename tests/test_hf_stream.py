@@ -1,31 +1,18 @@
 """The streaming HF-dataset path (used for C4 + T5 on GPU machines), run on local files."""
 
-import sysconfig
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_corpus
 
 from lrlab.train import run
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Two local text files and a BPE tokenizer saved as an HF tokenizer directory."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("corpus")
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    texts = [p.read_text(errors="ignore") for p in sorted(stdlib.glob("[a-c]*.py"))[:12]]
-    (root / "train.txt").write_text("\n".join(texts[:10]))
-    (root / "val.txt").write_text("\n".join(texts[10:]))
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.train([str(root / "train.txt")], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
-    fast.save_pretrained(root / "tokenizer")
-    return root
+    """Local text files and a BPE tokenizer without a pad token (EOS pads)."""
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def overrides(corpus: Path, *extra: str) -> list[str]:

@@ -3,12 +3,12 @@ them, loader workers without duplicates, rank slices of one global batch, a resu
 and a prepared run equal to the streamed run."""
 
 import json
-import sysconfig
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_corpus
 
 from lrlab.data import loader as loader_module
 from lrlab.data.prepare import prepare_split
@@ -17,21 +17,8 @@ from lrlab.data.prepared import PreparedBlocks, batch_as_is
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Local text files (one document per line) and a byte-level BPE saved as an HF tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("corpus")
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    texts = [p.read_text(errors="ignore") for p in sorted(stdlib.glob("[a-c]*.py"))[:12]]
-    (root / "train.txt").write_text("\n".join(texts[:10]))
-    (root / "val.txt").write_text("\n".join(texts[10:]))
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.train([str(root / "train.txt")], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>", "<pad>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="<pad>")
-    fast.save_pretrained(root / "tokenizer")
-    return root
+    """Local text files and a BPE tokenizer with its own pad token."""
+    return write_corpus(tmp_path_factory.mktemp("corpus"), pad_token="<pad>")
 
 
 @pytest.fixture
