@@ -213,3 +213,21 @@ def test_default_targets_per_architecture(tiny):
 def test_bad_input_is_a_config_error(method, tiny, name, settings, key):
     with pytest.raises(ConfigError, match=key):
         method("adapter", name, **{"target_modules": TARGETS, **settings}).transform_model(tiny())
+
+
+@pytest.mark.parametrize("name, settings", [("lora", {"r": 4}), ("miss", {"r": 4}),
+                                            ("adalora", {"total_steps": 20, "init_r": 6, "target_r": 2})])
+def test_an_empty_train_also_leaves_the_head_frozen(method, tiny, name, settings):
+    trains_head = method("adapter", name, target_modules=TARGETS, **settings).transform_model(tiny())
+    frozen_head = method("adapter", name, target_modules=TARGETS, train_also=[], **settings).transform_model(tiny())
+    assert trainable(trains_head) - trainable(frozen_head) == HEAD
+
+
+def test_adalora_schedule_settings_reach_peft(method, tiny):
+    settings = dict(total_steps=40, init_r=6, target_r=2, tinit=3, tfinal=5, delta_t=4, beta1=0.7, beta2=0.6,
+                    orth_reg_weight=0.25, alpha=8.0)
+    model = method("adapter", "adalora", target_modules=TARGETS, **settings).transform_model(tiny())
+    config = model.peft_config["default"]
+    assert (config.total_step, config.init_r, config.target_r, config.tinit, config.tfinal, config.deltaT,
+            config.beta1, config.beta2, config.orth_reg_weight, config.lora_alpha) == \
+        (40, 6, 2, 3, 5, 4, 0.7, 0.6, 0.25, 8.0)
