@@ -231,3 +231,18 @@ def test_adalora_schedule_settings_reach_peft(method, tiny):
     assert (config.total_step, config.init_r, config.target_r, config.tinit, config.tfinal, config.deltaT,
             config.beta1, config.beta2, config.orth_reg_weight, config.lora_alpha) == \
         (40, 6, 2, 3, 5, 4, 0.7, 0.6, 0.25, 8.0)
+
+
+def test_an_exported_peft_adapter_carries_its_trained_head(method, tiny, tmp_path):
+    from peft import PeftModel
+
+    adapter = method("adapter", "lora", target_modules=TARGETS, r=4)
+    model = adapter.transform_model(tiny())
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # the LoRA factors and the head, as training would leave them
+                p.add_(0.1 * torch.randn_like(p))
+    adapter.export_adapter(model).save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(tiny(), tmp_path)
+    x = torch.randn(5, 16)
+    assert torch.equal(logits(reloaded, x), logits(model, x))
