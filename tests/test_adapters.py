@@ -9,7 +9,7 @@ import torch
 
 from conftest import TARGETS
 from lrlab.adapters import allora
-from lrlab.adapters.base import default_targets
+from lrlab.adapters.base import default_targets, off_identity
 from lrlab.errors import ConfigError
 from lrlab.models.classifier import mlp
 
@@ -246,3 +246,10 @@ def test_an_exported_peft_adapter_carries_its_trained_head(method, tiny, tmp_pat
     reloaded = PeftModel.from_pretrained(tiny(), tmp_path)
     x = torch.randn(5, 16)
     assert torch.equal(logits(reloaded, x), logits(model, x))
+
+
+@pytest.mark.parametrize("dtype, rel", [(torch.float64, 1e-15), (torch.bfloat16, 2**-8)])  # rel: half a unit in the last place
+def test_orthogonality_penalty_is_the_distance_to_identity_in_the_factors_dtype(dtype, rel):
+    gram = torch.tensor([[1.0, 0.5], [0.5, 3.0]], dtype=dtype)  # off the identity by 0.5, 0.5 and 2: sqrt(4.5)
+    penalty = off_identity(gram)
+    assert penalty.dtype == dtype and penalty.item() == pytest.approx(math.sqrt(4.5), rel=rel)
