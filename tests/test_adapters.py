@@ -209,10 +209,24 @@ def test_default_targets_per_architecture(tiny):
     ("svfit", {"measure": "max"}, "adapter.measure"),
     ("allora", {"form": "columns"}, "adapter.form"),
     ("allora", {"eta_squared": 0.0}, "adapter.eta_squared"),
+    ("lift", {"select": "random"}, "adapter.select"),
+    ("sara", {"penalty": "l1"}, "adapter.penalty"),
+    ("sara", {"schedule": "sometimes"}, "adapter.schedule"),
 ])
 def test_bad_input_is_a_config_error(method, tiny, name, settings, key):
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ConfigError) as refused:
         method("adapter", name, **{"target_modules": TARGETS, **settings}).transform_model(tiny())
+    assert refused.value.key == key
+
+
+@pytest.mark.parametrize("name, settings", [
+    ("lora", {"r": 1}), ("lora", {"r": 16}),  # 16: the width of body.1's input
+    ("lift", {"lora_rank": 1, "filter_rank": 1, "refresh_every": 1}),
+    ("sara", {"reselect_every": 1, "progressive_iter": 1}),
+])
+def test_values_on_a_bound_are_accepted(method, tiny, name, settings):
+    model = method("adapter", name, **{"target_modules": TARGETS, **settings}).transform_model(tiny())
+    assert trainable(model) > HEAD
 
 
 @pytest.mark.parametrize("name, settings", [("lora", {"r": 4}), ("miss", {"r": 4}),
