@@ -258,3 +258,16 @@ def test_a_failed_requeue_warns_with_slurms_reason(tmp_path, monkeypatch, capsys
     requeue("4242")
     err = capsys.readouterr().err
     assert err.startswith("warning: scontrol requeue 4242 failed (") and "scontrol" in err.split("(", 1)[1]
+
+
+def test_a_keyboard_interrupt_ends_the_run_as_interrupted(make_cfg, monkeypatch):
+    """A second Ctrl-C raises KeyboardInterrupt at once: the summary still says "interrupted"."""
+    from lrlab.callbacks.interrupt import GracefulInterrupt
+
+    def interrupt_at_step_3(self, trainer, *args):
+        if trainer.global_step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(GracefulInterrupt, "on_train_batch_end", interrupt_at_step_3)
+    summary = run(make_cfg(DIGITS, "trainer.max_steps=50"))
+    assert summary["status"] == "interrupted" and summary["error"] is None and summary["steps"] == 3
