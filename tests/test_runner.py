@@ -260,8 +260,9 @@ def test_a_failed_requeue_warns_with_slurms_reason(tmp_path, monkeypatch, capsys
     assert err.startswith("warning: scontrol requeue 4242 failed (") and "scontrol" in err.split("(", 1)[1]
 
 
-def test_a_keyboard_interrupt_ends_the_run_as_interrupted(make_cfg, monkeypatch):
-    """A second Ctrl-C raises KeyboardInterrupt at once: the summary still says "interrupted"."""
+def test_a_keyboard_interrupt_ends_the_run_as_interrupted(make_cfg, tmp_path, monkeypatch):
+    """A second Ctrl-C raises KeyboardInterrupt at once (Lightning then exits with status 1): the
+    summary still says "interrupted", at the step reached."""
     from lrlab.callbacks.interrupt import GracefulInterrupt
 
     def interrupt_at_step_3(self, trainer, *args):
@@ -269,5 +270,7 @@ def test_a_keyboard_interrupt_ends_the_run_as_interrupted(make_cfg, monkeypatch)
             raise KeyboardInterrupt
 
     monkeypatch.setattr(GracefulInterrupt, "on_train_batch_end", interrupt_at_step_3)
-    summary = run(make_cfg(DIGITS, "trainer.max_steps=50"))
+    with pytest.raises(SystemExit):
+        run(make_cfg(DIGITS, "trainer.max_steps=50"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["error"] is None and summary["steps"] == 3
