@@ -89,7 +89,7 @@ class IncreLoRALinear(nn.Module):
     def scaling(self) -> torch.Tensor | float:
         """α / (active ranks + 1e-5) (`current_rank`, official) or α / target_r (`target_rank`)."""
         if self.scale == "current_rank":
-            return self.alpha / (self.active.sum() - 1e-5)
+            return self.alpha / (self.active.sum() + 1e-5)
         return self.alpha / self.target_r
 
     def effective_lambda(self) -> torch.Tensor:
