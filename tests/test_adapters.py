@@ -9,7 +9,7 @@ import torch
 
 from conftest import TARGETS
 from lrlab.adapters import allora
-from lrlab.adapters.base import default_targets
+from lrlab.adapters.base import default_targets, off_identity
 from lrlab.errors import ConfigError
 from lrlab.models.classifier import mlp
 
@@ -209,7 +209,61 @@ def test_default_targets_per_architecture(tiny):
     ("svfit", {"measure": "max"}, "adapter.measure"),
     ("allora", {"form": "columns"}, "adapter.form"),
     ("allora", {"eta_squared": 0.0}, "adapter.eta_squared"),
+    ("lift", {"select": "random"}, "adapter.select"),
+    ("sara", {"penalty": "l1"}, "adapter.penalty"),
+    ("sara", {"schedule": "sometimes"}, "adapter.schedule"),
 ])
 def test_bad_input_is_a_config_error(method, tiny, name, settings, key):
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ConfigError) as refused:
         method("adapter", name, **{"target_modules": TARGETS, **settings}).transform_model(tiny())
+    assert refused.value.key == key
+
+
+@pytest.mark.parametrize("name, settings", [
+    ("lora", {"r": 1}), ("lora", {"r": 16}),  # 16: the width of body.1's input
+    ("lift", {"lora_rank": 1, "filter_rank": 1, "refresh_every": 1}),
+    ("sara", {"reselect_every": 1, "progressive_iter": 1}),
+])
+def test_values_on_a_bound_are_accepted(method, tiny, name, settings):
+    model = method("adapter", name, **{"target_modules": TARGETS, **settings}).transform_model(tiny())
+    assert trainable(model) > HEAD
+
+
+@pytest.mark.parametrize("name, settings", [("lora", {"r": 4}), ("miss", {"r": 4}),
+                                            ("adalora", {"total_steps": 20, "init_r": 6, "target_r": 2})])
+def test_an_empty_train_also_leaves_the_head_frozen(method, tiny, name, settings):
+    trains_head = method("adapter", name, target_modules=TARGETS, **settings).transform_model(tiny())
+    frozen_head = method("adapter", name, target_modules=TARGETS, train_also=[], **settings).transform_model(tiny())
+    assert trainable(trains_head) - trainable(frozen_head) == HEAD
+
+
+def test_adalora_schedule_settings_reach_peft(method, tiny):
+    settings = dict(total_steps=40, init_r=6, target_r=2, tinit=3, tfinal=5, delta_t=4, beta1=0.7, beta2=0.6,
+                    orth_reg_weight=0.25, alpha=8.0)
+    model = method("adapter", "adalora", target_modules=TARGETS, **settings).transform_model(tiny())
+    config = model.peft_config["default"]
+    assert (config.total_step, config.init_r, config.target_r, config.tinit, config.tfinal, config.deltaT,
+            config.beta1, config.beta2, config.orth_reg_weight, config.lora_alpha) == \
+        (40, 6, 2, 3, 5, 4, 0.7, 0.6, 0.25, 8.0)
+
+
+def test_an_exported_peft_adapter_carries_its_trained_head(method, tiny, tmp_path):
+    from peft import PeftModel
+
+    adapter = method("adapter", "lora", target_modules=TARGETS, r=4)
+    model = adapter.transform_model(tiny())
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # the LoRA factors and the head, as training would leave them
+                p.add_(0.1 * torch.randn_like(p))
+    adapter.export_adapter(model).save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(tiny(), tmp_path)
+    x = torch.randn(5, 16)
+    assert torch.equal(logits(reloaded, x), logits(model, x))
+
+
+@pytest.mark.parametrize("dtype, rel", [(torch.float64, 1e-15), (torch.bfloat16, 2**-8)])  # rel: half a unit in the last place
+def test_orthogonality_penalty_is_the_distance_to_identity_in_the_factors_dtype(dtype, rel):
+    gram = torch.tensor([[1.0, 0.5], [0.5, 3.0]], dtype=dtype)  # off the identity by 0.5, 0.5 and 2: sqrt(4.5)
+    penalty = off_identity(gram)
+    assert penalty.dtype == dtype and penalty.item() == pytest.approx(math.sqrt(4.5), rel=rel)

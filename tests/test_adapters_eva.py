@@ -119,3 +119,8 @@ def test_too_small_batches_end_in_one_line_instead_of_cycling_forever(method, ti
     small = [{"x": torch.randn(4, 16), "y": torch.zeros(4, dtype=torch.long)}] * 2  # 4 rows < rho * r = 8
     with pytest.raises(ConfigError, match="adapter.max_init_batches=6: EVA's components did not converge"):
         adapter.init_from_data(make_task(model, [adapter]), small)
+
+
+def test_rho_one_keeps_every_layer_at_rank_r(initialised):
+    model = initialised(rho=1.0)  # the inputs that make rho = 2 move the budget between layers
+    assert {layer: lora_a(model, layer).shape[0] for layer in (1, 3)} == {1: 4, 3: 4}

@@ -92,8 +92,9 @@ def test_lift_refuses_another_optimizer_and_a_bad_select(method, tiny):
     model = adapter.transform_model(tiny())
     with pytest.raises(ConfigError, match="optimizer=adamw"):
         adapter.build_optimizer(model, {"_target_": "lrlab.optim.lowrank_adam.build", "lr": 0.01})
-    with pytest.raises(ConfigError, match="adapter.select"):
+    with pytest.raises(ConfigError) as refused:
         method("adapter", "lift", select="random")
+    assert refused.value.key == "adapter.select"
 
 
 def test_a_checkpointed_optimizer_keeps_its_integer_indices(lifted):

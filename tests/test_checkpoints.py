@@ -182,3 +182,10 @@ def test_last_checkpoint_comes_after_the_last_validation(make_cfg, tmp_path):
     again = run(make_cfg(*DIGITS, "resume=auto"))
     assert again["metrics"] == summary["metrics"] and again["throughput"] == summary["throughput"]
     assert again["status"] == "completed" and again["steps"] == 6
+
+
+def test_non_finite_state_error_names_the_first_three_entries_and_counts_the_rest():
+    from lrlab.callbacks.checkpoint import NonFiniteStateError
+
+    assert str(NonFiniteStateError(7, ["a", "b"])) == "non-finite values in a, b after step 7"
+    assert str(NonFiniteStateError(7, list("abcde"))) == "non-finite values in a, b, c and 2 more after step 7"

@@ -59,3 +59,18 @@ def test_intruder_counts_reach_the_summary(make_cfg):
              for key, value in group.items() if key.startswith("intruders/")}
     assert set(found) == {"intruders/base_model.model.body.1", "intruders/base_model.model.body.3", "intruders/total"}
     assert found["intruders/total"] == found["intruders/base_model.model.body.1"] + found["intruders/base_model.model.body.3"]
+
+
+def test_pretrained_directions_survive_a_checkpoint():
+    """A resumed run compares against the pretrained singular vectors saved in the checkpoint, not
+    against those of the weights it resumes from."""
+    torch.manual_seed(0)
+    task = _Task(LoRA(["body.1"], r=1, alpha=1).transform_model(mlp(64, 2, hidden=(64,))))
+    saved = IntruderDimensions(top_k=3, threshold=0.5)
+    saved.on_fit_start(None, task)
+    with torch.no_grad():
+        task.model.base_model.model.body[1].lora_B["default"].weight.copy_(torch.randn(64, 1) * 20)
+    resumed = IntruderDimensions(top_k=3, threshold=0.5)
+    resumed.load_state_dict(saved.state_dict())
+    resumed.on_fit_start(None, task)
+    assert resumed.measure() == saved.measure() and saved.measure()["base_model.model.body.1"] >= 1

@@ -227,3 +227,50 @@ def test_sigterm_between_steps_still_checkpoints(make_cfg, tmp_path, monkeypatch
     summary = run(make_cfg(DIGITS, "trainer.max_steps=50", "trainer.val_check_interval=3"))
     assert summary["status"] == "interrupted" and summary["steps"] == 4
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+def _scontrol(tmp_path, monkeypatch, exit_code: int) -> Path:
+    """A stand-in `scontrol` first on PATH: it records its arguments and exits with `exit_code`."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "scontrol.log"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {log}\necho 'job not found' >&2\nexit {exit_code}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return log
+
+
+def test_requeue_asks_slurm_to_requeue_the_job(tmp_path, monkeypatch, capsys):
+    from lrlab.callbacks.interrupt import requeue
+
+    log = _scontrol(tmp_path, monkeypatch, 0)
+    requeue("4242")
+    assert log.read_text().split() == ["requeue", "4242"] and capsys.readouterr().err == ""
+
+
+def test_a_failed_requeue_warns_with_slurms_reason(tmp_path, monkeypatch, capsys):
+    from lrlab.callbacks.interrupt import requeue
+
+    _scontrol(tmp_path, monkeypatch, 1)
+    requeue("4242")
+    assert capsys.readouterr().err == ("warning: scontrol requeue 4242 failed (job not found): "
+                                       "continue it with resume=auto\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no scontrol at all
+    requeue("4242")
+    err = capsys.readouterr().err
+    assert err.startswith("warning: scontrol requeue 4242 failed (") and "scontrol" in err.split("(", 1)[1]
+
+
+def test_a_keyboard_interrupt_ends_the_run_as_interrupted(make_cfg, tmp_path, monkeypatch):
+    """A second Ctrl-C raises KeyboardInterrupt at once (Lightning then exits with status 1): the
+    summary still says "interrupted", at the step reached."""
+    from lrlab.callbacks.interrupt import GracefulInterrupt
+
+    def interrupt_at_step_3(self, trainer, *args):
+        if trainer.global_step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(GracefulInterrupt, "on_train_batch_end", interrupt_at_step_3)
+    with pytest.raises(SystemExit):
+        run(make_cfg(DIGITS, "trainer.max_steps=50"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["error"] is None and summary["steps"] == 3
