@@ -30,6 +30,7 @@ import pytest
 import torch
 
 from ddp_cases import GLOBAL_BATCH, cases, run_case
+from lrlab.resume import load_whole
 
 ROUND_OFF, SPECTRAL = 1e-6, 1e-4
 SPECIAL = {
@@ -95,7 +96,7 @@ def runs(request, tmp_path_factory):
     assert done.returncode == 0, done.stderr[-3000:]
     def load(where, case):
         run_dir = where / case.replace("/", "-")
-        state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        state = load_whole(run_dir / "checkpoints" / "last.ckpt")["state_dict"]  # FSDP2's: rank shards joined
         held = {k: v for k, v in state.items() if k.startswith(("methods.", "loss."))}
         return {**torch.load(run_dir / "probe.pt", weights_only=True), "methods": held}
 

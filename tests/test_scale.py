@@ -173,6 +173,60 @@ def test_fsdp2_resume_auto_passes_over_a_checkpoint_a_kill_left_without_metadata
     assert skipped == ["last.ckpt (ValueError: incomplete: no meta.pt)"]
 
 
+@pytest.mark.slow
+def test_fsdp2_full_disk_on_one_rank_keeps_the_previous_checkpoint(fsdp2_runs, tmp_path):
+    """Rank 1's shard write fails with ENOSPC at step 8's checkpoint (tests/fsdp2_faults.py): both
+    ranks stop, the summary names rank 1's error and the step-4 checkpoint, nothing half-written is
+    taken as a checkpoint, and the restart on a freed disk ends on the straight run's weights."""
+    from pathlib import Path
+
+    from lrlab.resume import load_whole
+
+    run_dir, worker = tmp_path / "run", Path(__file__).parent / "fsdp2_faults.py"
+
+    def torchrun(full_from: int):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               str(worker), str(run_dir), str(full_from)], env=env(), capture_output=True, text=True,
+                              timeout=300)
+
+    assert torchrun(full_from=8).returncode != 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "rank 1: [Errno 28] No space left on device" in summary["error"]
+    assert "last checkpoint: " in summary["error"] and summary["error"].endswith("(step 4)")
+    assert load_whole(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert not (run_dir / "checkpoints" / "step000008.ckpt").exists()
+    done = torchrun(full_from=0)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not list((run_dir / "checkpoints").glob(".*"))  # the half-written step-8 directory is gone
+    resumed = load_whole(run_dir / "checkpoints" / "last.ckpt")
+    straight = load_whole(fsdp2_runs / "sharded" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == 8 and same(straight["state_dict"], resumed["state_dict"])
+
+
+@pytest.mark.slow
+def test_fsdp2_nan_on_the_ranks_stops_every_rank_before_a_checkpoint(tmp_path):
+    """SGD on llama_tiny under FSDP2, continued at lr 1e6: the weights turn inf/NaN on both
+    ranks' shards; no checkpoint with them is written, every rank stops (no hang), and the error
+    names the last finite checkpoint."""
+    from lrlab.resume import load_whole
+
+    common = ["model=llama_tiny", "data.seq_len=32", "data.max_tokens=20000", "logger=none", "trainer=fsdp2",
+              "trainer.accelerator=cpu", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+              "optimizer=sgd", "optimizer.lr=0.05", "trainer.gradient_clip_val=null",
+              "callbacks.checkpoint.every_n_train_steps=2", "callbacks.checkpoint.save_top_k=-1", "run_name=nan"]
+    done = lrlab(*common, "trainer.max_steps=4", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    failed = lrlab(*common, "trainer.max_steps=10", "optimizer.lr=1e6", "resume=auto", cwd=tmp_path)
+    run_dir = tmp_path / "outputs" / "runs" / "nan"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert failed.returncode != 0 and summary["status"] == "failed", failed.stderr[-3000:]
+    assert "non-finite values" in summary["error"] and "resume from ckpt_path=" in summary["error"]
+    named = summary["error"].split("ckpt_path=")[1].split(" ")[0]
+    for path in [named, *(run_dir / "checkpoints").glob("*.ckpt")]:
+        state = load_whole(path)
+        assert all(torch.isfinite(t).all() for t in state["state_dict"].values() if t.is_floating_point()), path
+
+
 def test_every_method_is_verified_under_fsdp2_or_refused():
     """No method runs silently wrong under FSDP2: each one for language models is either among
     those whose 2-process FSDP2 run equals one process (tests/test_data_parallel.py) or declares

@@ -32,15 +32,18 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def _all_done(self, work) -> None:
         """Run `work` (None: nothing to do here) on this rank; if it failed on any rank, raise on
-        every rank (a rank that failed raises its own error), so that no rank waits for another."""
+        every rank (a rank that failed raises its own error, the others one naming each failed
+        rank and its error), so that no rank waits for another."""
         error = None
         try:
             if work is not None:
                 work()
         except OSError as err:
             error = err
-        if not self.reduce_boolean_decision(error is None, all=True):
-            raise error or OSError("another rank could not write its checkpoint shard")
+        failures = [None] * self.world_size
+        torch.distributed.all_gather_object(failures, None if error is None else f"rank {self.global_rank}: {error}")
+        if any(failures):
+            raise error or OSError("; ".join(failure for failure in failures if failure))
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         path = Path(self.broadcast(str(filepath)))
