@@ -1,6 +1,9 @@
 """Adapters through the runner: a few steps on digits + MLP (64 -> 256 -> 256 -> 10) per adapter."""
 
+import re
+
 import pytest
+import torch
 
 from lrlab.train import run
 
@@ -32,7 +35,7 @@ def test_adapter_trains_through_the_runner(make_cfg, overrides, expected):
     assert summary["steps"] == 6
 
 
-def test_eva_ranks_redistributed_at_fit_start_are_all_in_the_optimizer(make_cfg):
+def test_eva_ranks_redistributed_at_fit_start_are_all_in_the_optimizer(make_cfg, tmp_path):
     # a 6-wide first layer makes the second layer's inputs far more concentrated than the pixels,
     # so EVA moves rank there: body.1 (64 -> 6) gets 1, body.3 (6 -> 64) gets 3 of the budget 2 x 2
     summary = run(make_cfg(DIGITS, "debug=smoke", "model.hidden=[6,64]", "adapter=eva", "adapter.r=2",
@@ -42,6 +45,10 @@ def test_eva_ranks_redistributed_at_fit_start_are_all_in_the_optimizer(make_cfg)
     tensors = 2 * 2 + 2  # lora_A, lora_B per layer; head weight and bias
     # AdamW state: exp_avg and exp_avg_sq (fp32) per trainable entry plus a 4-byte step per tensor
     assert summary["optimizer_state_bytes"] == 8 * summary["trainable_params"] + 4 * tensors
+    weights = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    ranks = {re.search(r"(body\.\d+)\.lora_A\.", key)[1]: value.shape[0]  # the rows of each layer's A
+             for key, value in weights.items() if ".lora_A." in key}
+    assert ranks == {"body.1": 1, "body.3": 3}
 
 
 @pytest.mark.parametrize("preset, expected", [

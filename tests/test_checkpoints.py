@@ -189,3 +189,14 @@ def test_non_finite_state_error_names_the_first_three_entries_and_counts_the_res
 
     assert str(NonFiniteStateError(7, ["a", "b"])) == "non-finite values in a, b after step 7"
     assert str(NonFiniteStateError(7, list("abcde"))) == "non-finite values in a, b, c and 2 more after step 7"
+
+
+def test_checkpoint_io_loads_where_it_is_told(tmp_path):
+    """`map_location` reaches torch.load (on the meta device the tensors hold no data); without it
+    the tensors load where Lightning's default puts them, the CPU."""
+    from lrlab.callbacks.checkpoint import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "c.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, path)
+    assert io.load_checkpoint(path, map_location="meta")["state_dict"]["w"].device.type == "meta"
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(2))

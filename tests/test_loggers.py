@@ -75,6 +75,8 @@ def test_every_logger_gets_the_config_as_hyperparameters(make_cfg, tmp_path):
     assert csv["optimizer"]["lr"] == 0.0025 and csv["model"]["_target_"] == "lrlab.models.classifier.mlp"
     board = yaml.safe_load((run_dir / "tensorboard" / "hparams.yaml").read_text())
     assert board["optimizer"]["lr"] == 0.0025
+    composed = set(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    assert set(csv) == set(board) == composed  # the config's groups, and nothing else (no nested copy)
     [events] = run_dir.glob("tensorboard/events.out.tfevents.*")
     accumulator = EventAccumulator(str(events), size_guidance={"tensors": 0})
     accumulator.Reload()
@@ -139,3 +141,16 @@ def test_a_language_model_checkpoint_rebuilds_its_task(make_cfg, tmp_path):
     assert all(torch.equal(task.state_dict()[k], v) for k, v in weights.items())
     ids = torch.randint(0, 256, (2, 16))
     assert task.model(input_ids=ids).logits.shape == (2, 16, task.model.config.vocab_size)
+
+
+def test_a_task_takes_its_parts_positionally():
+    """Each task passes its positional arguments on to `BaseTask` in that signature's order
+    (model, loss, methods, optimizer, scheduler, total_steps)."""
+    from lrlab.tasks.causal_lm import CausalLMTask
+    from lrlab.tasks.classify import ClassifyTask
+
+    model, optimizer, scheduler = torch.nn.Linear(2, 3), {"lr": 0.1}, {"kind": "constant"}
+    for task in (CausalLMTask(model, None, [], optimizer, scheduler, 7),
+                 ClassifyTask(model, None, [], optimizer, scheduler, 7, num_classes=3)):
+        assert task.model is model and task.optimizer_cfg is optimizer and task.scheduler_cfg is scheduler
+        assert task.total_steps == 7 and len(task.methods) == 0

@@ -156,6 +156,17 @@ def test_truncation_sweep_needs_a_head(make_task):
         TruncationSweep().on_validation_epoch_end(trainer, make_task(torch.nn.Linear(4, 2)))
 
 
+def test_nested_dropout_needs_a_head(make_task):
+    from lrlab.errors import ConfigError
+
+    method = NestedDropout()
+    method.config_key = "regularizer"
+    with pytest.raises(ConfigError) as refused:
+        make_task(torch.nn.Sequential(torch.nn.Linear(4, 2)), [method]).on_fit_start()
+    assert str(refused.value) == ("regularizer='nesteddropout': transforms a classifier's features, "
+                                  "but Sequential has no `head` module")
+
+
 def test_truncation_sweep_by_hand():
     head = torch.nn.Linear(3, 2, bias=False)
     with torch.no_grad():

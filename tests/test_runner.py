@@ -36,6 +36,15 @@ def test_digits_smoke_writes_summary(make_cfg, tmp_path):
     assert (tmp_path / "run" / "config.yaml").exists()
 
 
+
+def test_best_metric_is_the_lowest_loss_and_the_highest_score():
+    """`metrics.best` keeps the smallest loss, perplexity, NLL and ECE, and the largest of the rest."""
+    from lrlab.callbacks.summary import _better
+
+    for name in ("val/loss", "val/ppl", "val/nll", "val/ece"):
+        assert _better(name, 0.5, 0.7) and not _better(name, 0.7, 0.5)
+    assert _better("val/acc", 0.7, 0.5) and not _better("val/acc", 0.5, 0.7)
+
 def test_llama_tiny_smoke_reports_tokens(make_cfg):
     summary = run(make_cfg(*TINY_LM, "debug=smoke"))
     assert summary["status"] == "completed"
@@ -111,6 +120,23 @@ def test_non_finite_loss_fails_with_step(make_cfg, tmp_path):
     with pytest.raises(TrainingFailed, match=r"at step \d+"):
         run(cfg)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("message, recorded", [("bad batch at step 2\nsecond line", "bad batch at step 2"),
+                                               ("  ", "ValueError")])
+def test_an_unexpected_error_is_recorded_by_its_first_line(make_cfg, tmp_path, monkeypatch, message, recorded):
+    """An error the runner does not handle itself still leaves a summary: status failed, and its
+    message's first line (or, for an empty message, the error's type) as the reason."""
+    from lrlab.tasks.classify import ClassifyTask
+
+    def fail(self, batch, batch_idx):
+        raise ValueError(message)
+
+    monkeypatch.setattr(ClassifyTask, "training_step", fail)
+    with pytest.raises(ValueError):
+        run(make_cfg(DIGITS, "debug=smoke"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == recorded
 
 
 def _csv_values(run_dir: Path, key: str) -> list[tuple[int, float]]:
