@@ -328,6 +328,30 @@ def test_eps_form_of_the_first_step(eps_form, denominator):
     assert torch.allclose(projected.detach(), -lr * (low / denominator(low, eps)) @ q, atol=1e-6)
 
 
+@pytest.mark.parametrize("residual, kept, factor", [("fira", 0.25, 1.0), ("fira_paper", 1.0, 0.25)])
+def test_fira_first_step_in_the_official_and_the_paper_form(residual, kept, factor):
+    """First step on a 12×8 weight (right side, rank 3, α = 0.25), expected from an SVD taken
+    here: N = (1−β1)·R/(√((1−β2)·R²) + ε), φ = ‖N_i‖/‖R_i‖ per row, and
+    W = −lr·√(1−β2)/(1−β1)·(α·N·Q + factor·φ ⊙ (G − kept·R·Q)): the official code drops α·back(R)
+    and adds S unscaled (kept α, factor 1), the paper drops the orthogonal residual and scales S
+    by α (kept 1, factor α)."""
+    torch.manual_seed(0)
+    lr, eps, alpha = 0.1, 1e-6, 0.25
+    p = nn.Parameter(torch.zeros(12, 8))
+    opt = lowrank_adam.LowRankAdamW([{"params": [p], "rank": 3, "update_proj_gap": 5, "scale": alpha,
+                                      "residual": residual}], lr=lr, eps=eps)
+    grad = torch.randn(12, 8)
+    p.grad = grad.clone()
+    opt.step()
+    q = torch.linalg.svd(grad.double(), full_matrices=False)[2][:3]
+    low = grad.double() @ q.T
+    normalized = 0.1 * low / (math.sqrt(0.001) * low.abs() + eps)
+    phi = normalized.norm(dim=1, keepdim=True) / low.norm(dim=1, keepdim=True)
+    residual_part = phi * (grad.double() - kept * low @ q)
+    expected = -lr * math.sqrt(0.001) / 0.1 * (alpha * normalized @ q + factor * residual_part)
+    assert torch.allclose(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_frugal_moves_the_residual_by_sign():
     torch.manual_seed(0)
     p = nn.Parameter(torch.zeros(12, 6))
