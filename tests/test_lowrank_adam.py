@@ -483,6 +483,15 @@ def test_adamw_bad_input_is_one_line(kwargs, line):
         adamw.build(TwoLayer(), **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, line", [
+    ({"update_proj_gap": 0}, "optimizer.update_proj_gap=0: must be a positive integer"),
+    ({"density": 1.5}, "optimizer.density=1.5: must be in [0, 1]"),
+    ({"residual_lr_scale": -0.5}, "optimizer.residual_lr_scale=-0.5: must be >= 0")])
+def test_frugal_bad_input_is_one_line(kwargs, line):
+    with pytest.raises(ConfigError, match="^" + re.escape(line) + "$"):
+        frugal.build(TwoLayer(), **kwargs)
+
+
 def test_unmatched_target_modules_is_one_line():
     with pytest.raises(ConfigError, match="^" + re.escape(
             "optimizer.target_modules=['nothing']: match no 2-D linear weight of this model") + "$"):
