@@ -42,3 +42,10 @@ def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor.div_(world_size())
     return tensor
+
+
+def on_any_rank(names: list[str]) -> list[str]:
+    """The names found on any rank, rank 0's first (one all-gather of every rank's list)."""
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, names)
+    return list(dict.fromkeys(name for found in gathered for name in found))

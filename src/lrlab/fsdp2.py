@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from lrlab.distributed import on_any_rank
 from lrlab.rundir import atomic_write
 from lrlab.sharded_checkpoint import (META, check_world_size, from_pieces, is_sharded, load_file, read_meta, remove,
                                       replace, shard_name, staging, to_pieces)
@@ -40,10 +41,9 @@ class FSDP2Strategy(ModelParallelStrategy):
                 work()
         except OSError as err:
             error = err
-        failures = [None] * self.world_size
-        torch.distributed.all_gather_object(failures, None if error is None else f"rank {self.global_rank}: {error}")
-        if any(failures):
-            raise error or OSError("; ".join(failure for failure in failures if failure))
+        failures = on_any_rank([] if error is None else [f"rank {self.global_rank}: {error}"])
+        if failures:
+            raise error or OSError("; ".join(failures))
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         path = Path(self.broadcast(str(filepath)))

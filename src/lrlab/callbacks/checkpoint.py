@@ -22,6 +22,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lrlab.distributed import on_any_rank
 from lrlab.rundir import atomic_write
 
 
@@ -64,13 +65,6 @@ def non_finite(checkpoint: dict) -> list[str]:
         finite = torch.stack([torch.isfinite(t).all() for t in local]).cpu()
         found += [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
     return found
-
-
-def on_any_rank(names: list[str]) -> list[str]:
-    """The names found on any rank, rank 0's first."""
-    gathered = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, names)
-    return list(dict.fromkeys(name for found in gathered for name in found))
 
 
 class CheckpointGuard(L.Callback):
